@@ -1,0 +1,83 @@
+"""Static KV cache: one buffer per layer, one slot per running sequence, allocated once.
+
+HF attention modules call ``cache.update(key, value, layer_idx)`` and attend to whatever it
+returns; before each layer call the engine ``bind``s the rows (slots) and positions being
+computed, so the same layer call can serve any subset of the batch (rows that have not
+exited yet) without HF knowing about slots.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class SlotKVCache:
+    def __init__(
+        self,
+        num_layers: int,
+        num_slots: int,
+        num_kv_heads: int,
+        head_dim: int,
+        max_seq_len: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.num_slots = num_slots
+        self.max_seq_len = max_seq_len
+        self._shape = (num_slots, num_kv_heads, max_seq_len, head_dim)
+        self._dtype = dtype
+        self._device = device
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.resize(num_layers)
+        self._slots = torch.zeros(1, dtype=torch.long, device=device)
+        self._positions = torch.zeros(1, 1, dtype=torch.long, device=device)
+        self._contiguous: slice | None = None
+        self._context_len = 0
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.keys)
+
+    @property
+    def bytes_per_token(self) -> int:
+        """KV bytes one token occupies across all layers."""
+        _, heads, _, dim = self._shape
+        return 2 * self.num_layers * heads * dim * self._dtype.itemsize
+
+    def resize(self, num_layers: int) -> None:
+        """Add zeroed buffers for new layers or free those of dropped layers."""
+        del self.keys[num_layers:], self.values[num_layers:]
+        while len(self.keys) < num_layers:
+            self.keys.append(torch.zeros(self._shape, dtype=self._dtype, device=self._device))
+            self.values.append(torch.zeros(self._shape, dtype=self._dtype, device=self._device))
+
+    def bind(self, slots: torch.Tensor, positions: torch.Tensor, context_len: int) -> None:
+        """Rows about to be computed: ``slots`` [rows], ``positions`` [rows, seq]; attend to [0, context_len)."""
+        self._slots = slots
+        self._positions = positions
+        self._context_len = context_len
+        first = int(slots[0])
+        is_run = slots.numel() == 1 or bool((slots[1:] - slots[:-1] == 1).all())
+        self._contiguous = slice(first, first + slots.numel()) if is_run else None
+
+    def write(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> None:
+        """Store ``key``/``value`` [rows, kv_heads, seq, head_dim] at the bound slots and positions."""
+        rows = self._slots[:, None]
+        # advanced indices on dims 0 and 2 put [rows, seq] first: [rows, seq, kv_heads, head_dim]
+        self.keys[layer_idx][rows, :, self._positions] = key.transpose(1, 2)
+        self.values[layer_idx][rows, :, self._positions] = value.transpose(1, 2)
+
+    def read(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V of the bound rows over the bound context: [rows, kv_heads, context_len, head_dim]."""
+        n = self._context_len
+        if self._contiguous is not None:  # a view, no copy
+            return self.keys[layer_idx][self._contiguous, :, :n], self.values[layer_idx][
+                self._contiguous, :, :n
+            ]
+        return self.keys[layer_idx][self._slots, :, :n], self.values[layer_idx][self._slots, :, :n]
+
+    # --- the interface HF attention modules call ----------------------------------------
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        self.write(layer_idx, key, value)
+        return self.read(layer_idx)
