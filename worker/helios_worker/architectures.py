@@ -60,9 +60,7 @@ class Family:
     ) -> torch.Tensor:
         raise NotImplementedError
 
-    def project_kv(
-        self, layer: nn.Module, hidden: torch.Tensor, pos_in: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def project_kv(self, layer: nn.Module, hidden: torch.Tensor, pos_in: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V that ``layer`` would cache for a token whose input to this layer is ``hidden``."""
         raise NotImplementedError
 
@@ -122,9 +120,7 @@ class OPTFamily(Family):
     def project_kv(self, layer, hidden, pos_in):
         attn = layer.self_attn
         normed = layer.self_attn_layer_norm(hidden) if layer.do_layer_norm_before else hidden
-        return split_heads(attn.k_proj(normed), attn.head_dim), split_heads(
-            attn.v_proj(normed), attn.head_dim
-        )
+        return split_heads(attn.k_proj(normed), attn.head_dim), split_heads(attn.v_proj(normed), attn.head_dim)
 
     def exit_head(self, model, hidden):
         decoder = model.model.decoder

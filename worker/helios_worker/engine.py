@@ -171,8 +171,7 @@ class Engine:
             num_running=len(self.running),
             num_layer_evals=num_layer_evals,
             duration_seconds=time.perf_counter() - start,
-            kv_cache_usage=sum(s.num_cached for s in self.running)
-            / (self.cache.num_slots * self.max_seq_len),
+            kv_cache_usage=sum(s.num_cached for s in self.running) / (self.cache.num_slots * self.max_seq_len),
         )
         return [s.output for s in decoding + admitted], stats
 
@@ -279,9 +278,7 @@ class Engine:
             leaving[:] = True
         for row in leaving.nonzero()[:, 0].tolist():
             seq = seqs[int(running[row])]
-            token = (
-                int(greedy[row]) if seq.params.is_greedy else sample(logits[row], seq.params, seq.generator)
-            )
+            token = int(greedy[row]) if seq.params.is_greedy else sample(logits[row], seq.params, seq.generator)
             self._emit(seq, token, float(confidence[row]), layer)
         return leaving
 

