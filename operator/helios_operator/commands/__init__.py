@@ -1,0 +1,1 @@
+"""Operator-side `helios` subcommands; each module is light (no torch) and has add_arguments/run."""
