@@ -33,6 +33,7 @@ API_GROUP = "helios.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "HeliosDeployment"
 MAX_CANDIDATES = 8
+MAX_DECISION_HISTORY = 10
 
 # --- units -----------------------------------------------------------------------------
 
@@ -428,7 +429,9 @@ class HeliosDeploymentStatus(SpecModel):
     ready_replicas: int = Field(default=0, ge=0, description="Worker replicas ready to serve.")
     last_decision: DecisionSummary | None = Field(default=None, description="Most recent decision.")
     decision_history: list[DecisionSummary] = Field(
-        default_factory=list, description="Recent decisions, oldest first (bounded)."
+        default_factory=list,
+        max_length=MAX_DECISION_HISTORY,
+        description=f"The last {MAX_DECISION_HISTORY} decisions, oldest first.",
     )
 
 

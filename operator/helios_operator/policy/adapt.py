@@ -76,7 +76,7 @@ def _next_decision(state: AdaptState, spec: HeliosDeploymentSpec, now: datetime)
         return remedy(state, spec, drift)
     due = reassessment_due(state, spec, now)
     if due is not None:
-        return _hold(state, due, now).model_copy(update={"kind": "reassess", "reason": f"reassess: {due}"})
+        return Decision(kind="reassess", model=state.model, layers=state.layers, reason=f"reassess: {due}")
     return plan_drop(state, spec, now)
 
 

@@ -9,10 +9,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from helios_operator.policy.predict import Prediction
-from helios_operator.spec import DecisionSummary
+from helios_operator.spec import MAX_DECISION_HISTORY, DecisionSummary
 
 DecisionKind = Literal["select", "add_layers", "drop_layers", "switch_model", "reassess", "hold"]
-DEFAULT_HISTORY_LENGTH = 10
+DEFAULT_HISTORY_LENGTH = MAX_DECISION_HISTORY  # what the status keeps
 
 
 class Decision(BaseModel):

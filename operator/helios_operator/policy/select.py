@@ -119,7 +119,8 @@ def select(
     floor = spec.accuracy.min_agreement
     accurate = [p for p in predictions if p.agreement >= floor]
     if accurate:
-        chosen = best_option(accurate, spec.objective)
+        ranked = accurate
+        chosen = best_option(ranked, spec.objective)
         reason = (
             f"{chosen.model} with {chosen.layers} of {chosen.layers_total} layers: "
             f"{_OBJECTIVE_WORDS[spec.objective]} of {len(accurate)} options meeting agreement >= {floor:g} "
@@ -127,11 +128,12 @@ def select(
         )
     else:
         top = max(p.agreement for p in predictions)
-        chosen = best_option([p for p in predictions if p.agreement == top], spec.objective)
+        ranked = [p for p in predictions if p.agreement == top]
+        chosen = best_option(ranked, spec.objective)
         reason = (
             f"no option reaches agreement {floor:g}; chose the most accurate, {chosen.model} with "
             f"{chosen.layers} of {chosen.layers_total} layers ({describe(chosen)})"
         )
-    if spec.objective == "energy" and uses_energy_proxy(predictions):
+    if spec.objective == "energy" and uses_energy_proxy(ranked):
         reason += "; energy not measured (no GPU), time per token used in its place"
     return Decision.from_prediction("select", chosen, reason, now)
