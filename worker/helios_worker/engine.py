@@ -18,7 +18,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,6 +41,9 @@ class EngineConfig:
     early_exit: bool = True
     min_exit_layer: int = 1
     exit_layers: tuple[int, ...] | None = None  # explicit 1-based exit layers; overrides min_exit_layer
+    # Evaluation mode: run every layer for every token, recording the head's confidence and top
+    # token at each layer (TokenStats.layer_confidences / layer_tokens); tokens exit only at L.
+    probe_layers: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_seq_len < 2:
@@ -58,6 +61,7 @@ class Sequence:
     generator: torch.Generator | None
     slot: int = -1
     num_cached: int = 0  # positions whose KV is in the cache
+    probe: list[tuple[float, int]] = field(default_factory=list)  # this token's (confidence, top) per layer
 
     @property
     def last_token(self) -> int:
@@ -109,6 +113,8 @@ class Engine:
     def exit_layers(self) -> list[int]:
         """1-based layers where the exit test runs; the last active layer always exits."""
         last = self.active_layers
+        if self.config.probe_layers:
+            return list(range(1, last + 1))
         if not self.config.early_exit:
             return [last]
         chosen = self.config.exit_layers or range(self.config.min_exit_layer, last + 1)
@@ -220,18 +226,14 @@ class Engine:
         mask = mask.triu(1)[None, None]  # [1, 1, seq, seq] additive causal mask
         self.cache.bind(slots, positions, n)
         exit_layers = set(self.exit_layers)
-        chosen: tuple[int, torch.Tensor, int] | None = None  # (token, confidence, layer)
+        row = torch.zeros(1, dtype=torch.long, device=device)
+        is_decided = False  # the first token is chosen; the prompt still runs every layer for its KV
         for index, layer in enumerate(self.loaded.layers[: self.active_layers]):
             hidden = self.family.run_layer(layer, hidden, mask, positions, pos_in, self.cache)
-            if chosen is None and index + 1 in exit_layers:
-                logits = self.family.exit_head(self.model, hidden[:, -1])  # [1, vocab]
-                confidence = logits.float().softmax(-1).max(-1).values
-                if confidence[0] >= self.config.exit_threshold or index + 1 == self.active_layers:
-                    chosen = (self._choose_token(seq, logits[0]), confidence, index + 1)
+            if not is_decided and index + 1 in exit_layers:
+                is_decided = bool(self._exit_test([seq], row, hidden[:, -1:], index + 1)[0])
         self.exit_hidden[seq.slot, :n] = hidden[0]
         seq.num_cached = n
-        token, confidence, layer = chosen
-        self._emit(seq, token, float(confidence[0]), layer)
 
     def _decode(self, seqs: list[Sequence]) -> int:
         """One token for each of ``seqs``; returns the number of decoder layers computed (rows x layers)."""
@@ -269,13 +271,21 @@ class Engine:
         return layer_evals
 
     def _exit_test(self, seqs: list[Sequence], running: torch.Tensor, hidden: torch.Tensor, layer: int):
-        """Emit tokens for the running rows that exit at ``layer``; return their mask over ``running``."""
+        """Emit tokens for the running rows that exit at ``layer``; return their mask over ``running``.
+
+        ``hidden`` is [rows, 1, hidden] for the rows in ``running`` (indices into ``seqs``).
+        """
         logits = self.family.exit_head(self.model, hidden[:, -1])  # [rows, vocab]
-        probs = logits.float().softmax(-1)
-        confidence, greedy = probs.max(-1)
-        leaving = confidence >= self.config.exit_threshold
+        confidence, greedy = logits.float().softmax(-1).max(-1)
+        if self.config.probe_layers:
+            for row, conf, top in zip(running.tolist(), confidence.tolist(), greedy.tolist(), strict=True):
+                seqs[row].probe.append((conf, top))
         if layer == self.active_layers:
-            leaving[:] = True
+            leaving = torch.ones_like(confidence, dtype=torch.bool)
+        elif self.config.probe_layers:
+            leaving = torch.zeros_like(confidence, dtype=torch.bool)
+        else:
+            leaving = confidence >= self.config.exit_threshold
         for row in leaving.nonzero()[:, 0].tolist():
             seq = seqs[int(running[row])]
             token = int(greedy[row]) if seq.params.is_greedy else sample(logits[row], seq.params, seq.generator)
@@ -298,11 +308,6 @@ class Engine:
             self.cache.write(index, key, value)
 
     # --- bookkeeping --------------------------------------------------------------------
-    def _choose_token(self, seq: Sequence, logits: torch.Tensor) -> int:
-        if seq.params.is_greedy:
-            return int(logits.argmax())
-        return sample(logits, seq.params, seq.generator)
-
     def _emit(self, seq: Sequence, token: int, confidence: float, layer: int) -> None:
         output = seq.output
         is_breach = (
@@ -311,7 +316,17 @@ class Engine:
             and confidence < self.config.exit_threshold
         )
         output.token_ids.append(token)
-        output.token_stats.append(TokenStats(token, layer, confidence, is_breach))
+        probe, seq.probe = seq.probe, []
+        output.token_stats.append(
+            TokenStats(
+                token,
+                layer,
+                confidence,
+                is_breach,
+                layer_confidences=tuple(c for c, _ in probe) or None,
+                layer_tokens=tuple(t for _, t in probe) or None,
+            )
+        )
         if output.first_token_time is None:
             output.first_token_time = time.perf_counter()
         params = seq.params

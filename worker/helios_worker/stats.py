@@ -13,6 +13,9 @@ class TokenStats:
     exit_layer: int  # 1-based: the token's hidden state went through this many decoder layers
     confidence: float  # max softmax probability at the exit layer
     is_breach: bool  # reached the last loaded layer (< all layers) below the exit threshold
+    # Only in evaluation (probe) mode: the head's confidence and top token after each layer 1..L.
+    layer_confidences: tuple[float, ...] | None = None
+    layer_tokens: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

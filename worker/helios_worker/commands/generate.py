@@ -41,7 +41,6 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from helios_operator.cli import UserError
-
     from helios_worker.engine import Engine, EngineConfig, RequestError
     from helios_worker.loading import ModelLoadError, load_model
     from helios_worker.model_refs import ModelRefError
