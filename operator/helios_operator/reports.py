@@ -7,6 +7,7 @@ Layer indices are 1-based everywhere (layer ``l`` means "after ``l`` decoder lay
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -48,7 +49,17 @@ class EvaluationReport(BaseModel):
         description="Index L-1: mean exit layer if only L layers were loaded."
     )
 
-    tokens_per_second: float = Field(ge=0.0, description="Full-depth decode throughput while evaluating.")
+    tokens_per_second: float = Field(
+        ge=0.0,
+        description="Full-depth throughput while evaluating (generated tokens over wall time, prefill included).",
+    )
+    includes_exit_checks: bool = Field(
+        default=False,
+        description=(
+            "True if tokens_per_second and the latencies were timed with an exit test after every layer "
+            "(probe mode); False if timed on a plain full-depth pass with one head per token."
+        ),
+    )
     time_per_output_token_seconds: float = Field(ge=0.0)
     time_to_first_token_seconds: float = Field(ge=0.0)
     peak_memory_bytes: int = Field(ge=0)
@@ -57,6 +68,7 @@ class EvaluationReport(BaseModel):
     kv_bytes_per_token_per_layer: int = Field(ge=0)
     energy_per_token_joules: float | None = Field(default=None, description="From NVML; None without a GPU.")
     device: str = "cpu"
+    evaluated_at: datetime | None = Field(default=None, description="When the evaluation finished (UTC).")
 
     @model_validator(mode="after")
     def _per_layer_lists_have_one_entry_per_layer(self) -> EvaluationReport:
