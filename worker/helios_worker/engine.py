@@ -249,21 +249,25 @@ class Engine:
         exit_at = torch.full((len(seqs),), self.active_layers, device=device)
         exit_state = torch.empty_like(hidden)
         running = torch.arange(len(seqs), device=device)  # rows still going
+        # per-row inputs of the running rows; re-sliced only when rows leave
+        run_slots, run_positions, run_mask, run_pos_in = slots, positions, mask, pos_in
         layer_evals = 0
         for index, layer in enumerate(self.loaded.layers[: self.active_layers]):
-            self.cache.bind(slots[running], positions[running], context_len)
-            hidden = self.family.run_layer(
-                layer, hidden, mask[running], positions[running], _rows(pos_in, running), self.cache
-            )
+            self.cache.bind(run_slots, run_positions, context_len)
+            hidden = self.family.run_layer(layer, hidden, run_mask, run_positions, run_pos_in, self.cache)
             layer_evals += len(running)
             if index + 1 not in exit_layers:
                 continue
             leaving = self._exit_test(seqs, running, hidden, index + 1)
+            if not leaving.any():
+                continue
             exit_at[running[leaving]] = index + 1
             exit_state[running[leaving]] = hidden[leaving]
             running, hidden = running[~leaving], hidden[~leaving]
             if running.numel() == 0:
                 break
+            run_slots, run_positions, run_mask = slots[running], positions[running], mask[running]
+            run_pos_in = _rows(pos_in, running)
         self._fill_skipped_kv(slots, positions, exit_at, exit_state, pos_in)
         self.exit_hidden[slots, positions[:, 0]] = exit_state[:, 0]
         for seq in seqs:
