@@ -12,7 +12,9 @@ install:
 	$(PIP) install -q -e '.[dev]'
 
 run: install
-	helios generate --model smollm2-135m --layers 24 --max-new-tokens 32 \
+	helios generate --model helios-ee-tiny --layers 6 --max-new-tokens 32 \
+	  --batch-file worker/helios_worker/assets/prompts/in_domain.txt
+	helios generate --model smollm2-135m --layers 24 --min-exit-layer 16 --max-new-tokens 32 \
 	  --prompt "Explain in one sentence what a Kubernetes operator does."
 
 lint:
