@@ -15,6 +15,9 @@ import sys
 COMMANDS: dict[str, str] = {
     "generate": "helios_worker.commands.generate",
     "decide": "helios_operator.commands.decide",
+    "evaluate": "helios_worker.commands.evaluate",
+    "crds": "helios_operator.commands.crds",
+    "operator": "helios_operator.commands.operator",
 }
 
 

@@ -1,0 +1,103 @@
+"""What the operator reports: the HeliosDeployment status it writes and the HeliosStatus object.
+
+``OperatorStatus`` extends the spec module's ``HeliosDeploymentStatus`` with the fields the
+operator derives for printer columns and the scale subresource (a "12/30" layers string, a
+label selector, the live breach rate and throughput). ``HeliosStatus`` is a namespaced object,
+one per HeliosDeployment with the same name and owned by it, written only by the operator: the
+evaluation table, a live telemetry summary and the bounded decision history. Both CRD schemas
+are generated from these models (``helios_operator.crds``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from helios_operator.spec import (
+    MAX_CANDIDATES,
+    MAX_DECISION_HISTORY,
+    DecisionSummary,
+    HeliosDeploymentStatus,
+    Phase,
+    SpecModel,
+)
+
+HELIOS_STATUS_KIND = "HeliosStatus"
+
+
+class OperatorStatus(HeliosDeploymentStatus):
+    """The HeliosDeployment status as the operator writes it."""
+
+    layers: str | None = Field(default=None, description="Layers loaded of the total, e.g. '12/30'.")
+    selector: str | None = Field(default=None, description="Label selector of the worker pods (scale subresource).")
+    breach_rate: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Confidence breaches per token over the breach window."
+    )
+    tokens_per_second: float | None = Field(
+        default=None, ge=0.0, description="Tokens generated per second by all workers at the last scrape."
+    )
+    evaluation_round: int = Field(default=0, ge=0, description="Number of the latest candidate evaluation.")
+    evaluation_pending: bool = Field(default=False, description="Whether that evaluation is still running.")
+
+
+class CandidateEvaluation(SpecModel):
+    """One row of the evaluation table: a candidate at the layer count it would be served with."""
+
+    name: str = Field(description="Candidate name.")
+    model: str = Field(description="Model reference that was evaluated.")
+    layers: int = Field(ge=1, description="Layer count the row is predicted at (the chosen L for the winner).")
+    layers_total: int = Field(ge=1, description="Decoder layers of the model.")
+    agreement: float = Field(ge=0.0, le=1.0, description="Agreement with full depth at that layer count.")
+    mean_exit_layer: float = Field(ge=0.0, description="Mean exit layer at that layer count.")
+    tokens_per_second: float = Field(ge=0.0, description="Predicted decode throughput at that layer count.")
+    memory_bytes: int = Field(ge=0, description="Weight bytes at that layer count.")
+    chosen: bool = Field(default=False, description="Whether this candidate is being served.")
+
+
+class TelemetrySummary(SpecModel):
+    """The last scrape of the workers, summarised."""
+
+    observed_at: datetime = Field(description="When the workers were scraped.")
+    num_workers: int = Field(ge=0, description="Ready worker pods.")
+    num_scraped: int = Field(ge=0, description="Worker pods whose metrics were read.")
+    tokens_per_second: float = Field(ge=0.0, description="Tokens per second since the previous scrape.")
+    breach_rate: float = Field(ge=0.0, le=1.0, description="Breaches per token over the breach window.")
+    window_tokens: float = Field(ge=0.0, description="Tokens in the breach window.")
+    requests_since_assessment: int = Field(ge=0, description="Requests finished since the last evaluation.")
+    shadow_agreement: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Shadow full-depth agreement over its window, if measured."
+    )
+
+
+class HeliosStatusSpec(SpecModel):
+    deployment: str = Field(description="The HeliosDeployment this object reports on.")
+
+
+class HeliosStatusReport(SpecModel):
+    phase: Phase = Field(default="Pending", description="Phase of the HeliosDeployment.")
+    model: str | None = Field(default=None, description="Candidate being served.")
+    model_ref: str | None = Field(default=None, description="Its model reference.")
+    layers: str | None = Field(default=None, description="Layers loaded of the total, e.g. '12/30'.")
+    evaluated_at: datetime | None = Field(default=None, description="When the candidates were last evaluated.")
+    candidates: list[CandidateEvaluation] = Field(
+        default_factory=list, max_length=MAX_CANDIDATES, description="The last candidate evaluation table."
+    )
+    telemetry: TelemetrySummary | None = Field(default=None, description="Live telemetry at the last scrape.")
+    last_decision: DecisionSummary | None = Field(default=None, description="Most recent decision.")
+    decision_history: list[DecisionSummary] = Field(
+        default_factory=list,
+        max_length=MAX_DECISION_HISTORY,
+        description=f"The last {MAX_DECISION_HISTORY} decisions with reasons, oldest first.",
+    )
+
+
+class HeliosStatus(SpecModel):
+    """A whole HeliosStatus object."""
+
+    api_version: Literal["helios.dev/v1alpha1"] = Field(description="Must be helios.dev/v1alpha1.")
+    kind: Literal["HeliosStatus"] = Field(description="Must be HeliosStatus.")
+    metadata: dict[str, object] = Field(default_factory=dict, description="Object metadata.")
+    spec: HeliosStatusSpec = Field(description="Which HeliosDeployment this reports on.")
+    status: HeliosStatusReport = Field(default_factory=HeliosStatusReport, description="What the operator saw.")

@@ -1,0 +1,227 @@
+"""The generated CRDs: structural, in step with the pydantic models, and current in crds/.
+
+``jsonschema`` (Draft 4, whose boolean ``exclusiveMinimum`` matches OpenAPI v3) stands in for
+the API server's schema validation; ``nullable`` is translated to a null type as the server
+reads it. CEL rules are not evaluated here (no CEL runtime); pydantic checks the same rules.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from helios_operator.cli import main
+from helios_operator.crds import crd_files, helios_deployment_crd, helios_status_crd, structural_schema
+from helios_operator.heliosstatus import HeliosStatusReport
+from helios_operator.spec import HeliosDeploymentSpec
+
+CRDS_DIR = Path(__file__).resolve().parent.parent / "crds"
+STRUCTURAL_KEYS = {
+    "type",
+    "format",
+    "description",
+    "default",
+    "nullable",
+    "enum",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "items",
+    "properties",
+    "required",
+    "additionalProperties",
+    "anyOf",
+}
+INT_OR_STRING = [{"type": "integer"}, {"type": "string"}]
+
+
+def api_server_view(schema: Any) -> Any:
+    """The schema as plain JSON Schema: ``nullable: true`` becomes a null-allowing type."""
+    if isinstance(schema, list):
+        return [api_server_view(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = {key: api_server_view(value) for key, value in schema.items() if key != "nullable"}
+    if schema.get("nullable"):
+        if "type" in result:
+            result["type"] = [result["type"], "null"]
+        if "enum" in result:
+            result["enum"] = [*result["enum"], None]
+    return result
+
+
+def spec_validator() -> jsonschema.Draft4Validator:
+    root = helios_deployment_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return jsonschema.Draft4Validator(api_server_view(root["properties"]["spec"]))
+
+
+def walk(schema: Any, path: str = "$") -> list[tuple[str, dict[str, Any]]]:
+    nodes = []
+    if isinstance(schema, dict):
+        nodes.append((path, schema))
+        for key, value in schema.get("properties", {}).items():
+            nodes += walk(value, f"{path}.{key}")
+        for key in ("items", "additionalProperties"):
+            if isinstance(schema.get(key), dict):
+                nodes += walk(schema[key], f"{path}[{key}]")
+    return nodes
+
+
+VALID_SPECS = [
+    {"candidates": [{"name": "small", "model": "facebook/layerskip-llama3.2-1B"}]},
+    {
+        "candidates": [{"name": "a", "model": "org/a", "revision": None}, {"name": "b", "model": "org/b"}],
+        "objective": "latency",
+        "memoryBudget": "8Gi",
+        "monitoring": {"interval": 5, "staleAfter": "1m", "maxBreaches": 10, "breachWindowTokens": 20},
+        "evaluation": {"prompts": {"inline": ["hello"]}, "reassessInterval": "30m"},
+        "worker": {"resources": {"limits": {"nvidia.com/gpu": "1", "memory": "16Gi"}}, "env": [{"name": "X"}]},
+    },
+]
+
+INVALID_SPECS = {
+    "no candidates": {"candidates": []},
+    "missing candidates": {},
+    "bad candidate name": {"candidates": [{"name": "Not_A_Label", "model": "m"}]},
+    "unknown objective": {"candidates": [{"name": "a", "model": "m"}], "objective": "fastest"},
+    "agreement above one": {"candidates": [{"name": "a", "model": "m"}], "accuracy": {"minAgreement": 1.5}},
+    "threshold zero": {"candidates": [{"name": "a", "model": "m"}], "exit": {"threshold": 0}},
+    "negative replicas": {"candidates": [{"name": "a", "model": "m"}], "replicas": -1},
+    "interval is a list": {"candidates": [{"name": "a", "model": "m"}], "monitoring": {"interval": [1]}},
+    "bad resource quantity": {
+        "candidates": [{"name": "a", "model": "m"}],
+        "worker": {"resources": {"limits": {"memory": "lots"}}},
+    },
+}
+
+
+@pytest.mark.parametrize("spec", VALID_SPECS)
+def test_valid_specs_are_accepted_by_schema_and_pydantic(spec: dict[str, Any]) -> None:
+    spec_validator().validate(spec)
+    HeliosDeploymentSpec.model_validate(spec)
+
+
+@pytest.mark.parametrize("name", sorted(INVALID_SPECS))
+def test_invalid_specs_are_rejected_by_schema_and_pydantic(name: str) -> None:
+    spec = INVALID_SPECS[name]
+    assert list(spec_validator().iter_errors(spec)), f"the schema accepted {name}"
+    with pytest.raises(ValidationError):
+        HeliosDeploymentSpec.model_validate(spec)
+
+
+@pytest.mark.parametrize("crd", [helios_deployment_crd(), helios_status_crd()], ids=["hd", "heliosstatus"])
+def test_schemas_are_structural(crd: dict[str, Any]) -> None:
+    root = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    text = yaml.safe_dump(root)
+    assert "$ref" not in text and "$defs" not in text and "'null'" not in text
+    for path, node in walk(root):
+        keys = {key for key in node if not key.startswith("x-kubernetes-")}
+        assert keys <= STRUCTURAL_KEYS, f"{path}: not structural: {sorted(keys - STRUCTURAL_KEYS)}"
+        if node.get("x-kubernetes-int-or-string"):
+            assert node["anyOf"] == INT_OR_STRING, path
+        else:
+            assert "type" in node, f"{path}: every node needs a type"
+            assert "anyOf" not in node, f"{path}: anyOf only under int-or-string"
+        assert not isinstance(node.get("exclusiveMinimum"), int | float) or isinstance(
+            node.get("exclusiveMinimum"), bool
+        ), f"{path}: exclusiveMinimum must be boolean in OpenAPI v3"
+        if "default" in node:
+            jsonschema.Draft4Validator(api_server_view(node)).validate(node["default"])
+
+
+def test_cross_field_rules_are_cel_validations() -> None:
+    spec = structural_schema(HeliosDeploymentSpec)
+    rules = {
+        "spec": spec["x-kubernetes-validations"],
+        "monitoring": spec["properties"]["monitoring"]["x-kubernetes-validations"],
+        "prompts": spec["properties"]["evaluation"]["properties"]["prompts"]["x-kubernetes-validations"],
+        "modelVolume": spec["properties"]["worker"]["properties"]["modelVolume"]["x-kubernetes-validations"],
+    }
+    assert "exists_one" in rules["spec"][0]["rule"]
+    assert "self.maxBreaches <= " in rules["monitoring"][0]["rule"]
+    assert len(rules["prompts"]) == 2 and "claimName" in rules["modelVolume"][0]["rule"]
+    # What the rules forbid, pydantic forbids too (the operator's Invalid condition relies on it).
+    for bad in (
+        {"candidates": [{"name": "a", "model": "m"}, {"name": "a", "model": "n"}]},
+        {"candidates": [{"name": "a", "model": "m"}], "monitoring": {"breachWindowTokens": 10, "maxBreaches": 11}},
+        {
+            "candidates": [{"name": "a", "model": "m"}],
+            "evaluation": {"prompts": {"inline": ["x"], "recentTraffic": True}},
+        },
+        {
+            "candidates": [{"name": "a", "model": "m"}],
+            "worker": {"modelVolume": {"claimName": "c", "cacheSizeLimit": 1}},
+        },
+    ):
+        with pytest.raises(ValidationError):
+            HeliosDeploymentSpec.model_validate(bad)
+
+
+def test_durations_and_quantities_are_int_or_string_with_defaults() -> None:
+    monitoring = structural_schema(HeliosDeploymentSpec)["properties"]["monitoring"]["properties"]
+    assert monitoring["interval"]["x-kubernetes-int-or-string"] is True
+    assert monitoring["interval"]["default"] == "15s"
+    assert monitoring["staleAfter"]["nullable"] is True
+    assert monitoring["targetBreachFraction"] == {
+        **monitoring["targetBreachFraction"],
+        "minimum": 0.0,
+        "exclusiveMinimum": True,
+        "maximum": 1.0,
+    }
+
+
+def test_printer_columns_and_subresources() -> None:
+    version = helios_deployment_crd()["spec"]["versions"][0]
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert [n for n, c in columns.items() if not c.get("priority")] == [
+        "Model",
+        "Layers",
+        "Phase",
+        "Ready",
+        "Replicas",
+        "Age",
+    ]
+    assert [n for n, c in columns.items() if c.get("priority") == 1] == ["Objective", "Breach rate", "Tokens/s"]
+    assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert version["subresources"]["scale"]["specReplicasPath"] == ".spec.replicas"
+    status_props = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    for column in columns.values():  # every status column points at a field the schema keeps
+        if column["jsonPath"].startswith(".status.") and "[" not in column["jsonPath"]:
+            assert column["jsonPath"].split(".")[2] in status_props, column["name"]
+    status_columns = [c["name"] for c in helios_status_crd()["spec"]["versions"][0]["additionalPrinterColumns"]]
+    assert status_columns == ["Deployment", "Model", "Layers", "Breach rate", "Tokens/s", "Last decision", "Age"]
+
+
+def test_heliosstatus_schema_accepts_what_the_model_dumps() -> None:
+    root = helios_status_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    validator = jsonschema.Draft4Validator(api_server_view(root["properties"]["status"]))
+    report = HeliosStatusReport(model="a", layers="3/8", phase="Serving")
+    validator.validate(report.model_dump(mode="json", by_alias=True))
+    broken = copy.deepcopy(report.model_dump(mode="json", by_alias=True))
+    broken["phase"] = "Sleeping"
+    assert list(validator.iter_errors(broken))
+
+
+def test_crds_directory_is_up_to_date() -> None:
+    for name, text in crd_files().items():
+        path = CRDS_DIR / name
+        assert path.exists(), f"crds/{name} is missing: run `helios crds --output-dir crds`"
+        assert path.read_text(encoding="utf-8") == text, f"crds/{name} is stale: run `helios crds --output-dir crds`"
+
+
+def test_helios_crds_prints_every_crd(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["crds"]) == 0
+    documents = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["metadata"]["name"] for d in documents] == ["heliosdeployments.helios.dev", "heliosstatuses.helios.dev"]
