@@ -1,0 +1,203 @@
+"""Candidate evaluation: the pure curves on hand-made tokens, then real engine runs."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+import helios_worker
+from helios_operator.reports import EvaluationReport
+from helios_worker.evaluation import (
+    NUM_PASSES,
+    EvaluationError,
+    ProbeRecord,
+    evaluate_candidate,
+    parse_candidates,
+    summarize,
+    timing,
+)
+from helios_worker.evaluation_service import EvaluationService
+from helios_worker.loading import load_model
+from helios_worker.stats import RequestOutput
+
+ASSETS = Path(helios_worker.__file__).parent / "assets"
+PROMPTS = ["the quick brown fox", "def add(a, b):", "kubernetes operators reconcile custom resources and"]
+
+# N = 3 layers, threshold 0.8. The three kinds of token:
+EARLY_WRONG = ProbeRecord((0.9, 0.95, 0.99), (5, 7, 7))  # confident at 1 with a token full depth rejects
+LATE_RIGHT = ProbeRecord((0.1, 0.85, 0.5), (3, 3, 3))  # first confident at 2, right everywhere
+NEVER_SURE = ProbeRecord((0.1, 0.2, 0.3), (1, 2, 4))  # never confident, right only at full depth
+
+
+def test_summarize_three_kinds_of_token() -> None:
+    curves = summarize([EARLY_WRONG, LATE_RIGHT, NEVER_SURE], num_layers=3, threshold=0.8)
+    assert curves["num_tokens"] == 3
+    assert curves["exit_layer_histogram"] == [1, 1, 1]
+    assert curves["agreement_by_layer"] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert curves["confident_fraction_by_layer"] == pytest.approx([1 / 3, 2 / 3, 1 / 3])
+    # L=1: EARLY_WRONG exits at 1 (wrong), LATE_RIGHT forced out at 1 (right), NEVER_SURE at 1 (wrong).
+    # L=3: EARLY_WRONG still exits at 1 (wrong), LATE_RIGHT at 2, NEVER_SURE reaches full depth.
+    assert curves["greedy_agreement_by_layer"] == pytest.approx([1 / 3, 1 / 3, 2 / 3])
+    assert curves["breach_rate_by_layer"] == pytest.approx([2 / 3, 1 / 3, 0.0])
+    assert curves["mean_exit_layer_by_layer"] == pytest.approx([1.0, 5 / 3, 2.0])
+
+
+def test_summarize_counts_confidence_equal_to_threshold_as_confident() -> None:
+    curves = summarize([ProbeRecord((0.8, 0.1), (9, 9))], num_layers=2, threshold=0.8)
+    assert curves["exit_layer_histogram"] == [1, 0]
+    assert curves["breach_rate_by_layer"] == [0.0, 0.0]
+    assert curves["mean_exit_layer_by_layer"] == [1.0, 1.0]
+
+
+def test_summarize_of_nothing_is_all_zero() -> None:
+    curves = summarize([], num_layers=4, threshold=0.8)
+    assert curves["num_tokens"] == 0
+    for name, values in curves.items():
+        if name != "num_tokens":
+            assert values == [0] * 4, name
+
+
+def test_summarize_single_layer_model_never_breaches() -> None:
+    curves = summarize([ProbeRecord((0.1,), (3,)), ProbeRecord((0.9,), (4,))], num_layers=1, threshold=0.8)
+    assert curves["exit_layer_histogram"] == [2]
+    assert curves["greedy_agreement_by_layer"] == [1.0]
+    assert curves["breach_rate_by_layer"] == [0.0]
+
+
+def test_summarize_rejects_records_of_the_wrong_depth() -> None:
+    with pytest.raises(ValueError, match="record 1 has 2 layers, expected 3"):
+        summarize([NEVER_SURE, ProbeRecord((0.1, 0.2), (1, 2))], num_layers=3, threshold=0.8)
+    with pytest.raises(ValueError, match="expected 3"):
+        summarize([ProbeRecord((0.1, 0.2, 0.3), (1, 2))], num_layers=3, threshold=0.8)
+
+
+def test_summarize_curves_agree_with_the_histogram_on_random_tokens() -> None:
+    rng = random.Random(7)
+    n = 6
+    records = [
+        ProbeRecord(tuple(rng.random() for _ in range(n)), tuple(rng.randrange(3) for _ in range(n)))
+        for _ in range(500)
+    ]
+    curves = summarize(records, num_layers=n, threshold=0.7)
+    histogram = curves["exit_layer_histogram"]
+    assert sum(histogram) == 500
+    for layers in range(1, n + 1):
+        exited_by = sum(histogram[:layers]) if layers < n else 500
+        # A breach at L < N is exactly "not exited by L"; the mean exit layer follows from the histogram.
+        expected_breach = (500 - exited_by) / 500 if layers < n else 0.0
+        assert curves["breach_rate_by_layer"][layers - 1] == pytest.approx(expected_breach)
+        expected_mean = sum(min(layer, layers) * count for layer, count in enumerate(histogram, 1)) / 500
+        assert curves["mean_exit_layer_by_layer"][layers - 1] == pytest.approx(expected_mean)
+    assert curves["agreement_by_layer"][-1] == 1.0
+
+
+def test_timing_from_request_times() -> None:
+    first = RequestOutput("a", [1], token_ids=[5, 6, 7], arrival_time=10.0, first_token_time=10.5, finish_time=11.5)
+    second = RequestOutput("b", [1], token_ids=[8], arrival_time=10.0, first_token_time=10.25, finish_time=10.25)
+    measured = timing([first, second])
+    assert measured.tokens_per_second == pytest.approx(4 / 1.5)
+    assert measured.time_to_first_token_seconds == pytest.approx(0.375)
+    assert measured.time_per_output_token_seconds == pytest.approx(0.5)  # single-token requests have no TPOT
+    assert timing([]).tokens_per_second == 0.0
+
+
+def test_parse_candidates() -> None:
+    assert parse_candidates("a, beta=/models/b ,") == [("a", "a"), ("beta", "/models/b")]
+    for bad, message in (("", "no candidates"), ("=x", "NAME=REF"), ("a,a", "unique")):
+        with pytest.raises(ValueError, match=message):
+            parse_candidates(bad)
+
+
+def test_evaluate_candidate_on_a_tiny_model(tiny_model) -> None:
+    loaded = load_model(str(tiny_model("llama")), name="tiny")
+    generated: list[int] = []
+    report = evaluate_candidate(loaded, [*PROMPTS, "  "], 6, 0.8, progress=generated.append)
+    n = loaded.num_layers_total
+    assert (report.model, report.num_layers_total, report.num_prompts) == ("tiny", n, 3)
+    assert 0 < report.num_tokens <= 3 * 6
+    assert sum(report.exit_layer_histogram) == report.num_tokens
+    # Both passes decode greedily at full depth, so they produce the same tokens.
+    assert sum(generated) == NUM_PASSES * report.num_tokens
+    for curve in (report.agreement_by_layer, report.greedy_agreement_by_layer, report.breach_rate_by_layer):
+        assert len(curve) == n
+    assert report.agreement_by_layer[n - 1] == 1.0
+    # Random weights over a 320-token vocabulary are never 80% sure: every token runs to full depth.
+    assert report.exit_layer_histogram[-1] == report.num_tokens
+    assert report.greedy_agreement_by_layer[n - 1] == 1.0
+    assert report.breach_rate_by_layer == [1.0] * (n - 1) + [0.0]
+    assert report.mean_exit_layer_by_layer == [float(layers) for layers in range(1, n + 1)]
+    assert report.tokens_per_second > 0 and report.time_to_first_token_seconds > 0
+    assert report.time_per_output_token_seconds > 0 and report.peak_memory_bytes > 0
+    assert report.includes_exit_checks is False and report.energy_per_token_joules is None
+    assert report.device == "cpu" and report.evaluated_at is not None
+    # fp32, untied: layers and the rest add up to the parameters actually held
+    parameter_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    assert report.weight_bytes(n) == parameter_bytes
+    assert report.kv_bytes_per_token_per_layer == 2 * 2 * 16 * 4  # K and V, 2 kv heads x 16 dims, fp32
+
+
+def test_evaluate_candidate_needs_every_layer(tiny_model) -> None:
+    loaded = load_model(str(tiny_model("llama")), layers=2)
+    with pytest.raises(EvaluationError, match=r"needs all 4 layers .* only 2 are loaded"):
+        evaluate_candidate(loaded, PROMPTS, 4, 0.8)
+
+
+def test_evaluate_candidate_rejects_blank_prompts_and_oversized_replies(tiny_model) -> None:
+    loaded = load_model(str(tiny_model("llama")))
+    with pytest.raises(EvaluationError, match="no non-empty prompts"):
+        evaluate_candidate(loaded, ["", " \n"], 4, 0.8)
+    with pytest.raises(EvaluationError, match="must be below the context length 256"):
+        evaluate_candidate(loaded, PROMPTS, 300, 0.8)
+
+
+@pytest.mark.skipif(
+    not (ASSETS / "helios-ee-tiny" / "model.safetensors").exists()
+    or not (ASSETS / "prompts" / "in_domain.txt").exists(),
+    reason="helios-ee-tiny assets are not in this checkout",
+)
+def test_trained_early_exit_model_agrees_more_with_depth() -> None:
+    loaded = load_model("helios-ee-tiny")
+    prompts = (ASSETS / "prompts" / "in_domain.txt").read_text().splitlines()[::8]
+    report = evaluate_candidate(loaded, prompts, 12, 0.8)
+    agreement = report.agreement_by_layer
+    n = report.num_layers_total
+    assert agreement[0] < agreement[n // 2 - 1] < agreement[n - 1] == 1.0
+    assert report.greedy_agreement_by_layer[0] < report.greedy_agreement_by_layer[n - 1]
+
+
+def test_evaluation_service_reports_through_its_provider(tiny_model) -> None:
+    candidates = [("tiny", str(tiny_model("llama"))), ("missing", "/nonexistent/model")]
+    service = EvaluationService(candidates[:1], PROMPTS, max_new_tokens=2)
+    assert service.provider() == {"status": "pending"}
+    service.start()
+    assert service.provider()["status"] in {"running", "done"}
+    service.join(timeout=60)
+    state = service.provider()
+    assert state["status"] == "done"
+    [report] = [EvaluationReport.model_validate(item) for item in state["reports"]]
+    assert report.model == "tiny" and report.num_prompts == 3
+
+    failing = EvaluationService(candidates, PROMPTS, max_new_tokens=2)
+    failing.start()
+    failing.join(timeout=60)
+    state = failing.provider()
+    assert state["status"] == "failed" and "/nonexistent/model" in state["reason"]
+
+
+def test_evaluation_service_from_env(tmp_path: Path) -> None:
+    assert EvaluationService.from_env({}) is None
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("one\n\ntwo\n")
+    service = EvaluationService.from_env(
+        {
+            "HELIOS_EVALUATE_CANDIDATES": "a=/m/a,/m/b",
+            "HELIOS_EVALUATE_PROMPTS_FILE": str(prompts),
+            "HELIOS_EVALUATE_MAX_NEW_TOKENS": "5",
+        }
+    )
+    assert service.candidates == [("a", "/m/a"), ("/m/b", "/m/b")] and service.prompts == ["one", "two"]
+    assert service.settings == {"max_new_tokens": 5, "exit_threshold": 0.8, "device": "cpu"}
+    with pytest.raises(ValueError, match="HELIOS_EVALUATE_"):
+        EvaluationService.from_env({"HELIOS_EVALUATE_CANDIDATES": "a", "HELIOS_EVALUATE_EXIT_THRESHOLD": "high"})
