@@ -17,6 +17,9 @@ COMMANDS: dict[str, str] = {
     "decide": "helios_operator.commands.decide",
     "evaluate": "helios_worker.commands.evaluate",
     "crds": "helios_operator.commands.crds",
+    "run": "helios_operator.commands.run",
+    "status": "helios_operator.commands.status",
+    "load": "helios_operator.commands.load",
     "operator": "helios_operator.commands.operator",
 }
 
