@@ -1,0 +1,99 @@
+"""kopf handlers for HeliosDeployment: small functions that gather inputs and apply outputs.
+
+``validate`` (create/update/resume) writes the SpecValid condition and rejects a spec that can
+never work with ``kopf.PermanentError``; the ``reconcile`` timer runs one level-triggered pass
+(``k8s.reconcile``) per tick and turns its status and events into a patch and Kubernetes Events.
+Run with `helios operator`, or `kopf run` on this file.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import kopf
+from pydantic import ValidationError
+
+from helios_operator.k8s.conditions import READY, SPEC_VALID, set_condition
+from helios_operator.k8s.config import OperatorConfig
+from helios_operator.k8s.context import Context, Runtime
+from helios_operator.k8s.kube import Kube
+from helios_operator.k8s.reconcile import reconcile
+from helios_operator.k8s.report import status_changes
+from helios_operator.spec import API_GROUP, HeliosDeploymentSpec, describe_validation_error
+
+VERSION, PLURAL = "v1alpha1", "heliosdeployments"
+# kopf fixes a timer's interval when the handler is registered, so it is read here, once.
+CONFIG = OperatorConfig.from_env()
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.posting.level = logging.INFO
+    # No watching of CRDs and Namespaces: the CRDs are installed before the operator (the chart does
+    # it), and the operator then needs no cluster-wide read access in namespaced mode.
+    settings.scanning.disabled = True
+    # Progress in annotations: the status schema is structural and would prune kopf's own fields.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage()
+    memo.config = CONFIG
+    memo.kube = Kube.from_environment()
+    memo.http = httpx.AsyncClient(timeout=CONFIG.http_timeout_seconds)
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    if "http" in memo:
+        await memo.http.aclose()
+
+
+@kopf.on.resume(API_GROUP, VERSION, PLURAL)
+@kopf.on.create(API_GROUP, VERSION, PLURAL)
+@kopf.on.update(API_GROUP, VERSION, PLURAL, field="spec")
+def validate(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+    now = datetime.now(UTC)
+    conditions = list(status.get("conditions", []))
+    generation = meta.get("generation")
+    try:
+        HeliosDeploymentSpec.model_validate(dict(body.get("spec") or {}))
+    except ValidationError as error:
+        message = describe_validation_error(error)
+        conditions = set_condition(conditions, SPEC_VALID, "False", "InvalidSpec", message, generation, now)
+        conditions = set_condition(conditions, READY, "False", "InvalidSpec", message, generation, now)
+        patch.status["conditions"] = conditions
+        patch.status["phase"] = "Invalid"
+        patch.status["observedGeneration"] = generation
+        kopf.warn(body, reason="InvalidSpec", message=message)
+        raise kopf.PermanentError(f"invalid spec: {message}") from None
+    patch.status["conditions"] = set_condition(
+        conditions, SPEC_VALID, "True", "Valid", "spec is valid", generation, now
+    )
+    if status.get("phase") in (None, "Invalid"):
+        patch.status["phase"] = "Pending"
+
+
+@kopf.timer(API_GROUP, VERSION, PLURAL, interval=CONFIG.tick_seconds)
+async def reconcile_timer(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
+    try:
+        spec = HeliosDeploymentSpec.model_validate(dict(body.get("spec") or {}))
+    except ValidationError:
+        return  # `validate` has said why in the status; nothing to do until the spec changes
+    if body.get("status", {}).get("phase") in (None, "Invalid"):
+        return  # not validated yet
+    memo.setdefault("runtime", Runtime())
+    old_status = copy.deepcopy(dict(body.get("status") or {}))
+    owner = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(body["metadata"])}
+    ctx = Context(
+        owner, spec, copy.deepcopy(old_status), memo.runtime, memo.kube, memo.http, memo.config, datetime.now(UTC)
+    )
+    try:
+        retry_after = await reconcile(ctx)
+    finally:
+        for key, value in status_changes(old_status, ctx.status).items():
+            patch.status[key] = value
+        for kind, reason, message in ctx.events:
+            (kopf.info if kind == "Normal" else kopf.warn)(body, reason=reason, message=message)
+    if retry_after is not None:
+        raise kopf.TemporaryError("waiting for evaluation reports", delay=retry_after)

@@ -1,0 +1,263 @@
+"""Child objects of a HeliosDeployment, as pure functions of its spec and the current decision.
+
+Every builder returns a plain manifest with its ownerReference set, so deleting the
+HeliosDeployment garbage-collects it. The worker is configured through environment variables
+(HELIOS_MODEL, HELIOS_LAYERS, HELIOS_EXIT_THRESHOLD, HELIOS_MODE, ...), the contract of
+`helios serve`. HELIOS_MODEL is the candidate's model reference; HELIOS_MODEL_NAME its
+candidate name, which the worker uses as the ``model`` label of its metrics and reports.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from helios_operator.heliosstatus import HELIOS_STATUS_KIND, HeliosStatusReport
+from helios_operator.reports import EvaluationReport
+from helios_operator.spec import API_VERSION, Candidate, HeliosDeploymentSpec
+
+Manifest = dict[str, Any]
+
+LABEL_DEPLOYMENT = "helios.dev/deployment"
+LABEL_ROLE = "helios.dev/role"
+LABEL_CANDIDATE = "helios.dev/candidate"
+LABEL_ROUND = "helios.dev/round"
+ROLE_SERVE = "serve"
+ROLE_EVALUATE = "evaluate"
+ENDPOINT_ANNOTATION = "helios.dev/endpoint"
+GPU_RESOURCE = "nvidia.com/gpu"
+MODEL_MOUNT = "/models"
+REPORTS_KEY = "reports.json"
+# Loading weights (or downloading them) can take long; the startup probe allows 30 minutes.
+STARTUP_PERIOD_SECONDS = 10
+STARTUP_FAILURE_THRESHOLD = 180
+
+
+def owner_reference(owner: Mapping[str, Any]) -> Manifest:
+    meta = owner["metadata"]
+    return {
+        "apiVersion": owner.get("apiVersion", API_VERSION),
+        "kind": owner.get("kind", "HeliosDeployment"),
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(name: str, owner: Mapping[str, Any], labels: Mapping[str, str]) -> Manifest:
+    return {
+        "name": name,
+        "namespace": owner["metadata"]["namespace"],
+        "labels": dict(labels),
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def base_labels(deployment: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "helios-worker",
+        "app.kubernetes.io/instance": deployment,
+        "app.kubernetes.io/managed-by": "helios-operator",
+        LABEL_DEPLOYMENT: deployment,
+    }
+
+
+def serving_selector(deployment: str) -> dict[str, str]:
+    return {LABEL_DEPLOYMENT: deployment, LABEL_ROLE: ROLE_SERVE}
+
+
+def selector_string(labels: Mapping[str, str]) -> str:
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items()))
+
+
+def evaluation_selector(deployment: str, round_: int | None = None) -> dict[str, str]:
+    labels = {LABEL_DEPLOYMENT: deployment, LABEL_ROLE: ROLE_EVALUATE}
+    return labels if round_ is None else {**labels, LABEL_ROUND: str(round_)}
+
+
+def evaluation_pod_name(deployment: str, round_: int, candidate: str) -> str:
+    return f"{deployment}-eval-{round_}-{candidate}"
+
+
+def reports_configmap_name(deployment: str) -> str:
+    return f"{deployment}-evaluation"
+
+
+# --- worker pod template ----------------------------------------------------------------------
+
+
+def worker_env(spec: HeliosDeploymentSpec, candidate: Candidate, extra: Mapping[str, str]) -> list[Manifest]:
+    env = {
+        "HELIOS_MODEL": candidate.model,
+        "HELIOS_MODEL_NAME": candidate.name,
+        "HELIOS_EXIT_THRESHOLD": str(spec.exit.threshold),
+        "HELIOS_PORT": "8000",
+        "HF_HOME": f"{MODEL_MOUNT}/hf",
+        **({"HELIOS_MODEL_REVISION": candidate.revision} if candidate.revision else {}),
+        **extra,
+    }
+    variables: list[Manifest] = [{"name": key, "value": value} for key, value in env.items()]
+    secret = spec.worker.hf_token_secret_ref
+    if secret is not None:
+        variables.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
+    # The user's own variables come last, so they can override ours deliberately.
+    variables += [{"name": var.name, "value": var.value} for var in spec.worker.env]
+    return variables
+
+
+def _resources(spec: HeliosDeploymentSpec) -> Manifest:
+    resources = spec.worker.resources
+    return {
+        key: dict(values) for key, values in (("requests", resources.requests), ("limits", resources.limits)) if values
+    }
+
+
+def _volumes(spec: HeliosDeploymentSpec) -> list[Manifest]:
+    volume = spec.worker.model_volume
+    if volume.claim_name is not None:
+        models: Manifest = {"name": "models", "persistentVolumeClaim": {"claimName": volume.claim_name}}
+    else:
+        empty: Manifest = {} if volume.cache_size_limit is None else {"sizeLimit": str(volume.cache_size_limit)}
+        models = {"name": "models", "emptyDir": empty}
+    return [models, {"name": "tmp", "emptyDir": {}}]
+
+
+def _probe(path: str, period: int, failures: int) -> Manifest:
+    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": failures}
+
+
+def worker_pod_spec(spec: HeliosDeploymentSpec, image: str, env: list[Manifest], restart: str) -> Manifest:
+    """A hardened worker pod: non-root, read-only root filesystem with a writable /tmp, no capabilities."""
+    container: Manifest = {
+        "name": "worker",
+        "image": spec.worker.image or image,
+        "command": ["helios", "serve"],
+        "ports": [{"name": "http", "containerPort": 8000, "protocol": "TCP"}],
+        "env": env,
+        "resources": _resources(spec),
+        "startupProbe": _probe("/health", STARTUP_PERIOD_SECONDS, STARTUP_FAILURE_THRESHOLD),
+        "readinessProbe": _probe("/ready", 5, 3),
+        "livenessProbe": _probe("/health", 10, 3),
+        "volumeMounts": [
+            {"name": "models", "mountPath": MODEL_MOUNT, "readOnly": spec.worker.model_volume.claim_name is not None},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod: Manifest = {
+        "restartPolicy": restart,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": _volumes(spec),
+    }
+    if GPU_RESOURCE in spec.worker.resources.limits or GPU_RESOURCE in spec.worker.resources.requests:
+        pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    return pod
+
+
+def candidate_named(spec: HeliosDeploymentSpec, name: str) -> Candidate:
+    for candidate in spec.candidates:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(f"no candidate named {name!r} in the spec")
+
+
+# --- children ----------------------------------------------------------------------------------
+
+
+def build_evaluation_pod(
+    owner: Mapping[str, Any],
+    spec: HeliosDeploymentSpec,
+    candidate: Candidate,
+    round_: int,
+    prompts: Iterable[str],
+    image: str,
+) -> Manifest:
+    """One evaluation pod: runs the candidate at full depth over the prompts, then serves its report."""
+    deployment = owner["metadata"]["name"]
+    labels = {**base_labels(deployment), **evaluation_selector(deployment, round_), LABEL_CANDIDATE: candidate.name}
+    extra = {
+        "HELIOS_MODE": "evaluate",
+        "HELIOS_EVAL_CANDIDATES": json.dumps([candidate.model_dump(by_alias=True, exclude_none=True)]),
+        "HELIOS_EVAL_PROMPTS": json.dumps(list(prompts)[: spec.evaluation.prompts_per_candidate]),
+        "HELIOS_MAX_NEW_TOKENS": str(spec.evaluation.max_new_tokens),
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(evaluation_pod_name(deployment, round_, candidate.name), owner, labels),
+        "spec": worker_pod_spec(spec, image, worker_env(spec, candidate, extra), restart="OnFailure"),
+    }
+
+
+def build_deployment(
+    owner: Mapping[str, Any], spec: HeliosDeploymentSpec, candidate: Candidate, layers: int, image: str
+) -> Manifest:
+    """The serving Deployment: the chosen candidate with its first ``layers`` layers."""
+    name = owner["metadata"]["name"]
+    selector = serving_selector(name)
+    template_labels = {**base_labels(name), **selector, LABEL_CANDIDATE: candidate.name}
+    extra = {"HELIOS_MODE": "serve", "HELIOS_LAYERS": str(layers), "HELIOS_RECORD_PROMPTS": "1"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(name, owner, {**base_labels(name), LABEL_ROLE: ROLE_SERVE}),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector},
+            # A new pod joins before an old one leaves, so a model switch drops no requests.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": template_labels},
+                "spec": worker_pod_spec(spec, image, worker_env(spec, candidate, extra), restart="Always"),
+            },
+        },
+    }
+
+
+def build_service(owner: Mapping[str, Any]) -> Manifest:
+    name = owner["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(name, owner, base_labels(name)),
+        "spec": {
+            "selector": serving_selector(name),
+            "ports": [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def build_reports_configmap(owner: Mapping[str, Any], reports: Iterable[EvaluationReport], round_: int) -> Manifest:
+    """The last evaluation reports, kept so that a restarted operator resumes without re-evaluating."""
+    name = owner["metadata"]["name"]
+    payload = json.dumps([report.model_dump(mode="json") for report in reports])
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(reports_configmap_name(name), owner, base_labels(name)),
+        "data": {REPORTS_KEY: payload, "round": str(round_)},
+    }
+
+
+def build_helios_status(owner: Mapping[str, Any], report: HeliosStatusReport) -> Manifest:
+    name = owner["metadata"]["name"]
+    return {
+        "apiVersion": API_VERSION,
+        "kind": HELIOS_STATUS_KIND,
+        "metadata": _metadata(name, owner, base_labels(name)),
+        "spec": {"deployment": name},
+        "status": report.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }

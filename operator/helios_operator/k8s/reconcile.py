@@ -1,0 +1,267 @@
+"""One reconcile pass of a HeliosDeployment: Pending -> Evaluating -> Serving <-> Adapting, Degraded.
+
+Level-triggered: every pass reads the status, the pods and the stored reports, so a pass after
+an operator restart continues where the last one stopped. The policy decides (pure
+``select``/``adapt``/``reselect``); this module gathers its inputs and carries decisions out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from helios_operator.k8s import evaluation, manifests, workers
+from helios_operator.k8s.conditions import EVALUATED, READY, TELEMETRY_FRESH, Status, ready_summary, set_condition
+from helios_operator.k8s.context import Context
+from helios_operator.k8s.report import (
+    CHANGES,
+    append_history,
+    evaluation_table,
+    helios_status_report,
+    layers_text,
+    telemetry_summary,
+)
+from helios_operator.k8s.scrape import WorkerSample, aggregate, scrape_all
+from helios_operator.policy import Decision, adapt, apply, initial_state, record, reselect, select, with_reports
+from helios_operator.policy.telemetry import Telemetry
+
+SERVING_PHASES = ("Serving", "Adapting", "Degraded")
+_EVENT_REASONS = {
+    "select": "Selected",
+    "add_layers": "AddLayers",
+    "drop_layers": "DropLayers",
+    "switch_model": "SwitchModel",
+    "reassess": "Reassess",
+    "hold": "Hold",
+}
+
+
+def condition(ctx: Context, type_: str, status: Status, reason: str, message: str) -> None:
+    ctx.status["conditions"] = set_condition(
+        ctx.status.get("conditions", []), type_, status, reason, message, ctx.generation, ctx.now
+    )
+
+
+def note_decision(ctx: Context, decision: Decision) -> None:
+    """Status history and a Kubernetes Event for ``decision``."""
+    decision = decision if decision.timestamp else decision.model_copy(update={"timestamp": ctx.now})
+    summary = decision.summary().model_dump(mode="json", by_alias=True, exclude_none=True)
+    ctx.status["lastDecision"] = summary
+    ctx.status["decisionHistory"] = append_history(ctx.status.get("decisionHistory", []), decision)
+    kind = "Warning" if decision.kind == "hold" else "Normal"
+    ctx.event(kind, _EVENT_REASONS[decision.kind], decision.reason)
+
+
+async def reconcile(ctx: Context) -> float | None:
+    """Run one pass; the number of seconds to wait before the next one when waiting on evaluation."""
+    runtime, status = ctx.runtime, ctx.status
+    if runtime.generation != ctx.generation:
+        runtime.applied.clear()  # a new spec: render every child again
+        runtime.generation = ctx.generation
+    if runtime.state is None and status.get("phase") in SERVING_PHASES:
+        await restore(ctx)
+    if runtime.state is not None and runtime.state.model not in {c.name for c in ctx.spec.candidates}:
+        runtime.state = None  # the model being served left the shortlist: choose again
+    retry_after = None
+    if runtime.state is None:
+        retry_after = await initial_evaluation(ctx)
+    else:
+        await serve(ctx)
+        pods = await ctx.list("Pod", manifests.serving_selector(ctx.name))
+        await monitor(ctx, pods)
+        if status.get("evaluationPending"):
+            await continue_reassessment(ctx, pods)
+    await summarise(ctx)
+    return retry_after
+
+
+async def restore(ctx: Context) -> None:
+    """Rebuild the adaptation state after a restart from the status and the stored reports."""
+    reports = await evaluation.stored_reports(ctx)
+    model, layers = ctx.status.get("currentModel"), ctx.status.get("currentLayers")
+    if not reports or layers is None or model not in {r.model for r in reports}:
+        return
+    reason = f"resumed {model} with {layers} layers from status after an operator restart"
+    decision = Decision(kind="select", model=model, layers=layers, reason=reason, timestamp=ctx.now)
+    ctx.runtime.state = initial_state(decision, reports, ctx.spec, ctx.spec.memory_budget, ctx.now)
+
+
+async def initial_evaluation(ctx: Context) -> float | None:
+    status = ctx.status
+    if status.get("phase") == "Failed" and status.get("observedGeneration") == ctx.generation:
+        return None  # nothing fits; wait for a new spec
+    if not status.get("evaluationPending"):
+        evaluation.start_round(ctx, "choosing the model and layer count to serve")
+    status["phase"] = "Evaluating"
+    round_ = int(status["evaluationRound"])
+    reports, message = await evaluation.poll_round(ctx, round_, await evaluation.spec_prompts(ctx))
+    if reports is None:
+        condition(ctx, EVALUATED, "False", "Evaluating", message)
+        return ctx.config.evaluation_poll_seconds
+    await evaluation.finish_round(ctx, round_, reports)
+    try:
+        decision = select(reports, ctx.spec, ctx.spec.memory_budget, ctx.now)
+    except ValueError as error:
+        status["phase"] = "Failed"
+        condition(ctx, EVALUATED, "False", "NoFeasibleOption", str(error))
+        ctx.event("Warning", "NoFeasibleOption", str(error))
+        return None
+    ctx.runtime.state = initial_state(decision, reports, ctx.spec, ctx.spec.memory_budget, ctx.now)
+    condition(ctx, EVALUATED, "True", "Evaluated", message)
+    note_decision(ctx, decision)
+    await serve(ctx)
+    status["phase"] = "Serving"
+    return None
+
+
+async def serve(ctx: Context) -> None:
+    """The serving Deployment and Service for the current decision (re-applied only when changed)."""
+    state = ctx.runtime.state
+    assert state is not None  # callers check; a bug otherwise
+    candidate = manifests.candidate_named(ctx.spec, state.model)
+    await ctx.apply(manifests.build_deployment(ctx.body, ctx.spec, candidate, state.layers, ctx.config.worker_image))
+    await ctx.apply(manifests.build_service(ctx.body))
+
+
+def ready_endpoints(ctx: Context, pods: list[dict]) -> dict[str, str]:
+    found = {}
+    for pod in pods:
+        url = workers.endpoint(pod, ctx.config.worker_port, ctx.config.allow_endpoint_annotation)
+        if workers.is_ready(pod) and url:
+            found[pod["metadata"]["name"]] = url
+    return found
+
+
+async def monitor(ctx: Context, pods: list[dict]) -> None:
+    """Scrape when the spec's interval has passed, fold the scrape in, and act on the decision."""
+    runtime, spec = ctx.runtime, ctx.spec
+    clock = asyncio.get_running_loop().time()
+    if runtime.last_scrape is not None and clock - runtime.last_scrape < spec.monitoring.interval:
+        return
+    runtime.last_scrape = clock
+    endpoints = ready_endpoints(ctx, pods)
+    results = await scrape_all(ctx.http, endpoints, ctx.now)
+    samples = {pod: result for pod, result in results.items() if isinstance(result, WorkerSample)}
+    names = {c.model: c.name for c in spec.candidates} | {c.name: c.name for c in spec.candidates}
+    scraped = aggregate(runtime.samples, samples, names, ctx.now)
+    runtime.samples, runtime.num_scraped = samples, len(samples)
+    runtime.tokens_per_second = scraped.tokens_per_second
+    if scraped.telemetry is not None:
+        runtime.last_telemetry = scraped.telemetry
+        runtime.state = record(runtime.state, scraped.telemetry)  # type: ignore[arg-type]
+    telemetry = runtime.last_telemetry
+    is_fresh = telemetry is not None and telemetry.age_seconds(ctx.now) <= spec.monitoring.stale_after_seconds
+    failures = [f"{pod}: {result}" for pod, result in results.items() if not isinstance(result, WorkerSample)]
+    if is_fresh:
+        message = f"{len(samples)} of {len(endpoints)} ready workers scraped" + (f"; {failures}" if failures else "")
+        condition(ctx, TELEMETRY_FRESH, "True", "Scraped", message)
+    decision = adapt(runtime.state, telemetry, spec, ctx.now)  # type: ignore[arg-type]
+    await act(ctx, decision, telemetry, is_fresh, endpoints, failures)
+
+
+async def act(
+    ctx: Context,
+    decision: Decision | None,
+    telemetry: Telemetry | None,
+    is_fresh: bool,
+    endpoints: dict[str, str],
+    failures: list[str],
+) -> None:
+    status, runtime = ctx.status, ctx.runtime
+    previous_phase = status.get("phase")
+    if decision is None:
+        status["phase"] = "Serving"
+        return
+    if decision.kind == "hold":
+        status["phase"] = "Adapting" if is_fresh else "Degraded"
+        if not is_fresh:
+            detail = "; ".join(failures) or "no ready worker to scrape"
+            condition(ctx, TELEMETRY_FRESH, "False", "TelemetryMissing", f"{decision.reason} ({detail})")
+        if status["phase"] != previous_phase:
+            note_decision(ctx, decision)
+        return
+    if decision.kind == "reassess":
+        runtime.state = apply(runtime.state, decision, ctx.now)  # type: ignore[arg-type]
+        note_decision(ctx, decision)
+        if not status.get("evaluationPending"):
+            evaluation.start_round(ctx, decision.reason)
+            prompts = await workers.recent_prompts(ctx.http, endpoints, ctx.spec.evaluation.prompts_per_candidate)
+            runtime.round_prompts = prompts if ctx.spec.evaluation.prompts.kind == "recentTraffic" else None
+        status["phase"] = "Serving"
+        return
+    await change(ctx, decision, endpoints)
+
+
+async def change(ctx: Context, decision: Decision, endpoints: dict[str, str]) -> None:
+    """Carry out a change: layers in place first (then in the template, so new pods agree), or a switch."""
+    runtime = ctx.runtime
+    state = runtime.state
+    assert state is not None
+    if decision.model == state.model and decision.layers != state.layers:
+        failed = await workers.post_layers_all(ctx.http, endpoints, decision.layers)
+        if failed:
+            ctx.event("Warning", "LayerChangeFailed", f"in-place change to {decision.layers} layers failed: {failed}")
+    runtime.state = apply(state, decision, ctx.now)
+    note_decision(ctx, decision)
+    await serve(ctx)
+    ctx.status["phase"] = "Adapting"
+
+
+async def continue_reassessment(ctx: Context, pods: list[dict]) -> None:
+    runtime = ctx.runtime
+    round_ = int(ctx.status["evaluationRound"])
+    prompts = runtime.round_prompts if runtime.round_prompts is not None else await evaluation.spec_prompts(ctx)
+    reports, message = await evaluation.poll_round(ctx, round_, prompts)
+    if reports is None:
+        condition(ctx, EVALUATED, "False", "Reassessing", message)
+        return
+    await evaluation.finish_round(ctx, round_, reports)
+    runtime.round_prompts = None
+    condition(ctx, EVALUATED, "True", "Evaluated", message)
+    state = runtime.state
+    assert state is not None
+    try:
+        decision = reselect(state, reports, ctx.spec, ctx.now)
+    except ValueError as error:
+        ctx.event("Warning", "ReassessmentFailed", str(error))
+        return
+    runtime.state = with_reports(state, reports)
+    if decision.kind in CHANGES:
+        await change(ctx, decision, ready_endpoints(ctx, pods))
+    else:
+        note_decision(ctx, decision)
+
+
+async def summarise(ctx: Context) -> None:
+    """Replicas, the current setting, the Ready summary, and the HeliosStatus object."""
+    status, runtime, state = ctx.status, ctx.runtime, ctx.runtime.state
+    pods = await ctx.list("Pod", manifests.serving_selector(ctx.name))
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    status["replicas"] = len(live)
+    status["readyReplicas"] = sum(workers.is_ready(p) for p in live)
+    status["selector"] = manifests.selector_string(manifests.serving_selector(ctx.name))
+    if state is not None:
+        total = state.report.num_layers_total
+        status.update(currentModel=state.model, currentLayers=state.layers, layersTotal=total)
+        status["layers"] = layers_text(state.layers, total)
+        status["breachRate"] = round(state.breaches.breach_rate, 4)
+        status["tokensPerSecond"] = round(runtime.tokens_per_second, 3)
+    ready = ready_summary(status.get("phase", "Pending"), status["readyReplicas"], ctx.spec.replicas)
+    condition(ctx, READY, *ready)
+    status["observedGeneration"] = ctx.generation
+    table = (
+        []
+        if state is None
+        else evaluation_table(state.reports.values(), ctx.spec, state.budget, (state.model, state.layers))
+    )
+    summary = None
+    if state is not None and runtime.last_telemetry is not None:
+        summary = telemetry_summary(
+            state,
+            runtime.last_telemetry.observed_at,
+            status["readyReplicas"],
+            runtime.num_scraped,
+            runtime.tokens_per_second,
+        )
+    candidate = None if state is None else manifests.candidate_named(ctx.spec, state.model).model
+    report = helios_status_report(status, table, telemetry=summary, model_ref=candidate)
+    await ctx.apply(manifests.build_helios_status(ctx.body, report))

@@ -1,0 +1,94 @@
+"""Talking to worker pods: where they are, their evaluation reports, layer changes, recent prompts.
+
+Every call takes an ``httpx.AsyncClient`` whose timeout bounds it; callers gather calls to
+many pods concurrently. Errors are raised as ``WorkerError`` with the pod's endpoint in the
+message, so a handler can say which pod failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+from pydantic import TypeAdapter, ValidationError
+
+from helios_operator.k8s.manifests import ENDPOINT_ANNOTATION
+from helios_operator.reports import EvaluationReport
+
+_REPORTS = TypeAdapter(list[EvaluationReport])
+
+
+class WorkerError(RuntimeError):
+    """A worker pod did not answer as the contract says."""
+
+
+def is_ready(pod: Mapping[str, Any]) -> bool:
+    """Running, not terminating, and its Ready condition is True."""
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return False
+    status = pod.get("status") or {}
+    conditions = status.get("conditions") or []
+    return status.get("phase") == "Running" and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
+    )
+
+
+def endpoint(pod: Mapping[str, Any], port: int, allow_annotation: bool) -> str | None:
+    """The pod's base URL: its IP and the worker port, or the endpoint annotation where allowed."""
+    annotations = pod.get("metadata", {}).get("annotations") or {}
+    if allow_annotation and annotations.get(ENDPOINT_ANNOTATION):
+        return str(annotations[ENDPOINT_ANNOTATION]).rstrip("/")
+    ip = (pod.get("status") or {}).get("podIP")
+    return f"http://{ip}:{port}" if ip else None
+
+
+async def _get_json(client: httpx.AsyncClient, url: str) -> Any:
+    try:
+        response = await client.get(url)
+        response.raise_for_status()
+        return response.json()
+    except (httpx.HTTPError, ValueError) as error:
+        raise WorkerError(f"GET {url}: {error!r}") from error
+
+
+async def fetch_evaluation(client: httpx.AsyncClient, base: str) -> list[EvaluationReport] | None:
+    """The pod's evaluation reports, or None while it is still evaluating."""
+    url = f"{base}/v1/helios/evaluation"
+    document = await _get_json(client, url)
+    if isinstance(document, dict) and document.get("status") == "running":
+        return None
+    try:
+        return _REPORTS.validate_python(document)
+    except ValidationError as error:
+        raise WorkerError(f"GET {url}: not a list of evaluation reports: {error}") from error
+
+
+async def post_layers(client: httpx.AsyncClient, base: str, layers: int) -> None:
+    url = f"{base}/v1/helios/layers"
+    try:
+        response = await client.post(url, json={"layers": layers})
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        raise WorkerError(f"POST {url}: {error!r}") from error
+
+
+async def post_layers_all(client: httpx.AsyncClient, bases: Mapping[str, str], layers: int) -> dict[str, str]:
+    """POST the layer count to every pod at once; pod -> error text for those that failed."""
+    results = await asyncio.gather(
+        *(post_layers(client, url, layers) for url in bases.values()), return_exceptions=True
+    )
+    return {pod: str(result) for pod, result in zip(bases, results, strict=True) if isinstance(result, Exception)}
+
+
+async def recent_prompts(client: httpx.AsyncClient, bases: Mapping[str, str], limit: int) -> list[str]:
+    """Recent real prompts from the workers' buffers, newest pods' first, without duplicates."""
+    results = await asyncio.gather(
+        *(_get_json(client, f"{url}/v1/helios/recent-prompts") for url in bases.values()), return_exceptions=True
+    )
+    prompts: list[str] = []
+    for result in results:
+        if isinstance(result, dict) and isinstance(result.get("prompts"), list):
+            prompts += [p for p in result["prompts"] if isinstance(p, str) and p and p not in prompts]
+    return prompts[:limit]

@@ -1,0 +1,269 @@
+"""The operator end to end against the Kubernetes API emulator, with fake workers on 127.0.0.1.
+
+The test plays kubelet and the ReplicaSet controller: it marks pods Running/Ready, gives them a
+``helios.dev/endpoint`` annotation pointing at a fake worker, and creates the serving pods the
+Deployment asks for. Timers run every 0.3 s and the spec scrapes every 0.4 s, so each phase
+settles in about a second.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+from helios_operator.crds import crd_files
+from tests.operator_fakes import FakeWorker, FakeWorkers
+from tests.report_factory import make_report
+
+if TYPE_CHECKING:
+    from tests.k8s_fixtures import K8sApi, OperatorFactory
+
+pytest_plugins = ["tests.k8s_fixtures"]
+
+HANDLERS = Path(__file__).resolve().parent.parent / "operator" / "helios_operator" / "k8s" / "handlers.py"
+NAME = "demo"
+
+
+def heliosdeployment(**monitoring: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "helios.dev/v1alpha1",
+        "kind": "HeliosDeployment",
+        "metadata": {"name": NAME, "namespace": "default"},
+        "spec": {
+            "candidates": [{"name": "alpha", "model": "test/alpha"}, {"name": "beta", "model": "test/beta"}],
+            "accuracy": {"minAgreement": 0.9},
+            "evaluation": {"prompts": {"inline": ["Hello", "Why is the sky blue?"]}},
+            "monitoring": {
+                "interval": 0.4,
+                "staleAfter": 1.5,
+                "cooldown": 0,
+                "breachWindowTokens": 20,
+                "maxBreaches": 5,
+                **monitoring,
+            },
+            "worker": {"resources": {"limits": {"nvidia.com/gpu": 1}}},
+        },
+    }
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if result := condition():
+                return result
+        except (AssertionError, KeyError, IndexError, TypeError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture
+def fakes() -> Iterator[FakeWorkers]:
+    workers = FakeWorkers()
+    try:
+        yield workers
+    finally:
+        workers.stop()
+
+
+@pytest.fixture
+def operator(k8s_api: K8sApi, kopf_operator: OperatorFactory, monkeypatch: pytest.MonkeyPatch) -> OperatorFactory:
+    monkeypatch.setenv("HELIOS_OPERATOR_TICK", "0.3")
+    monkeypatch.setenv("HELIOS_OPERATOR_EVALUATION_POLL", "0.3")
+    monkeypatch.setenv("HELIOS_OPERATOR_HTTP_TIMEOUT", "1")
+    monkeypatch.setenv("HELIOS_OPERATOR_ENDPOINT_ANNOTATION", "1")
+    for text in crd_files().values():
+        k8s_api.apply(text)
+    return kopf_operator
+
+
+def hd_status(k8s_api: K8sApi) -> dict[str, Any]:
+    return k8s_api.kubectl_json("get", "hd", NAME).get("status", {})
+
+
+def names(k8s_api: K8sApi, *target: str) -> list[str]:
+    return sorted(item["metadata"]["name"] for item in k8s_api.kubectl_json("get", *target)["items"])
+
+
+def env_of(k8s_api: K8sApi, kind: str, name: str) -> dict[str, str]:
+    body = k8s_api.kubectl_json("get", kind, name)
+    spec = body["spec"]["template"]["spec"] if kind == "deployment" else body["spec"]
+    return {e["name"]: e.get("value", "") for e in spec["containers"][0]["env"]}
+
+
+def play_kubelet(k8s_api: K8sApi, pod: str, worker: FakeWorker) -> None:
+    """Mark the pod Running and Ready, reachable at the fake worker's URL."""
+    k8s_api.kubectl("annotate", "pod", pod, f"helios.dev/endpoint={worker.url}", "--overwrite")
+    status = {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
+    k8s_api.kubectl("patch", "pod", pod, "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}))
+
+
+def start_serving_pod(k8s_api: K8sApi, fakes: FakeWorkers, pod: str) -> FakeWorker:
+    """Play the ReplicaSet controller: a pod from the Deployment's template, served by a fake worker."""
+    deployment = k8s_api.kubectl_json("get", "deployment", NAME)
+    env = env_of(k8s_api, "deployment", NAME)
+    worker = fakes.start(model=env["HELIOS_MODEL_NAME"], layers=int(env["HELIOS_LAYERS"]), layers_total=8)
+    template = deployment["spec"]["template"]
+    owner = {"apiVersion": "apps/v1", "kind": "Deployment", "name": NAME, "uid": deployment["metadata"]["uid"]}
+    metadata = {"name": pod, **template["metadata"], "ownerReferences": [owner]}
+    manifest = {"apiVersion": "v1", "kind": "Pod", "metadata": metadata}
+    k8s_api.apply(json.dumps({**manifest, "spec": template["spec"]}))
+    play_kubelet(k8s_api, pod, worker)
+    return worker
+
+
+def evaluate(k8s_api: K8sApi, fakes: FakeWorkers, round_: int = 1) -> None:
+    """Serve canned reports from the round's evaluation pods: alpha exits early, beta is slow."""
+    reports = {
+        "alpha": make_report("alpha", tokens_per_second=200.0),
+        "beta": make_report("beta", exit_histogram=(5, 5, 10, 10, 20, 20, 15, 15), tokens_per_second=80.0),
+    }
+    for candidate, report in reports.items():
+        pod = f"{NAME}-eval-{round_}-{candidate}"
+        play_kubelet(k8s_api, pod, fakes.start(reports=[report]))
+
+
+def wait_for_eval_pods(k8s_api: K8sApi, round_: int = 1) -> None:
+    wanted = [f"{NAME}-eval-{round_}-alpha", f"{NAME}-eval-{round_}-beta"]
+    wait_for(lambda: names(k8s_api, "pods", "-l", f"helios.dev/round={round_}") == wanted, "evaluation pods")
+
+
+def wait_for_phase(k8s_api: K8sApi, *phases: str, timeout: float = 20.0) -> dict[str, Any]:
+    return wait_for(lambda: (s := hd_status(k8s_api)).get("phase") in phases and s, f"phase {phases}", timeout)
+
+
+@pytest.mark.timeout(90)
+def test_evaluate_serve_adapt_degrade_and_delete(
+    k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers
+) -> None:
+    with operator(HANDLERS, namespace="default") as runner:
+        k8s_api.apply(yaml.safe_dump(heliosdeployment()))
+        wait_for_eval_pods(k8s_api)
+        pod = k8s_api.kubectl_json("get", "pod", f"{NAME}-eval-1-alpha")
+        assert pod["metadata"]["ownerReferences"][0]["kind"] == "HeliosDeployment"
+        assert env_of(k8s_api, "pod", f"{NAME}-eval-1-alpha")["HELIOS_MODE"] == "evaluate"
+        assert hd_status(k8s_api)["phase"] == "Evaluating"
+
+        evaluate(k8s_api, fakes)
+        status = wait_for_phase(k8s_api, "Serving")
+        assert status["currentModel"] == "alpha" and status["lastDecision"]["kind"] == "select"
+        chosen = status["currentLayers"]
+        env = env_of(k8s_api, "deployment", NAME)
+        assert env["HELIOS_MODEL"] == "test/alpha" and env["HELIOS_LAYERS"] == str(chosen)
+        container = k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert names(k8s_api, "service") == [NAME]
+        wait_for(lambda: not names(k8s_api, "pods", "-l", "helios.dev/role=evaluate"), "evaluation pods to go")
+
+        worker = start_serving_pod(k8s_api, fakes, f"{NAME}-w1")
+        wait_for(lambda: hd_status(k8s_api)["readyReplicas"] == 1, "a ready replica")
+        wait_for(lambda: k8s_api.kubectl_json("get", "heliosstatus", NAME)["status"]["telemetry"], "a first scrape")
+        wait_for(
+            lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in hd_status(k8s_api)["conditions"]),
+            "Ready",
+        )
+
+        # A breach storm: 15 of 20 tokens reached the last layer unconfident.
+        worker.generate(tokens=20, breaches=15)
+        decision = wait_for(
+            lambda: (d := hd_status(k8s_api)["lastDecision"])["kind"] in ("add_layers", "switch_model") and d,
+            "the storm's decision",
+        )
+        assert "breach storm" in decision["reason"]
+        env = env_of(k8s_api, "deployment", NAME)
+        if decision["kind"] == "add_layers":
+            assert worker.posted_layers == [decision["layers"]] and decision["layers"] > chosen
+            assert env["HELIOS_LAYERS"] == str(decision["layers"])
+        else:
+            assert env["HELIOS_MODEL_NAME"] == decision["model"] != "alpha"
+        report = k8s_api.kubectl_json("get", "heliosstatus", NAME)["status"]
+        assert report["lastDecision"]["reason"] == decision["reason"]
+        assert [row["name"] for row in report["candidates"]] == ["alpha", "beta"]
+        selector = ("--field-selector", f"involvedObject.name={NAME}")
+        reasons = wait_for(
+            lambda: {e["reason"] for e in k8s_api.kubectl_json("get", "events", *selector)["items"]} or None,
+            "decision events",
+        )
+        assert "Selected" in reasons and {"AddLayers", "SwitchModel"} & reasons
+
+        # Metrics go away: the operator holds the last decision and says so.
+        worker.is_metrics_down = True
+        status = wait_for_phase(k8s_api, "Degraded")
+        fresh = next(c for c in status["conditions"] if c["type"] == "TelemetryFresh")
+        assert fresh["status"] == "False" and fresh["reason"] == "TelemetryMissing"
+        assert status["lastDecision"]["kind"] == "hold" and "keeping" in status["lastDecision"]["reason"]
+        assert status["currentModel"] == decision["model"] and status["currentLayers"] == decision["layers"]
+
+        # Printer columns.
+        table = k8s_api.kubectl("get", "hd").stdout.splitlines()
+        assert table[0].split() == ["NAME", "MODEL", "LAYERS", "PHASE", "READY", "REPLICAS", "AGE"]
+        assert table[1].split()[:6] == [NAME, decision["model"], f"{decision['layers']}/8", "Degraded", "False", "1"]
+        wide = k8s_api.kubectl("get", "hd", "-o", "wide").stdout.splitlines()[0]
+        assert "OBJECTIVE" in wide and "BREACH RATE" in wide and "TOKENS/S" in wide
+        header = k8s_api.kubectl("get", "heliosstatus").stdout.splitlines()[0]
+        assert header.split()[:4] == ["NAME", "DEPLOYMENT", "MODEL", "LAYERS"] and "LAST DECISION" in header
+
+        # The scale subresource reaches the Deployment.
+        k8s_api.kubectl("scale", "hd", NAME, "--replicas=2")
+        wait_for(lambda: k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["replicas"] == 2, "scaled")
+
+        k8s_api.kubectl("delete", "hd", NAME, timeout=30)
+        for kind in ("deployment", "service", "heliosstatus", "configmap", "pods"):
+            wait_for(lambda kind=kind: not names(k8s_api, kind), f"{kind} to be collected")
+    assert runner.exception is None
+
+
+@pytest.mark.timeout(90)
+def test_restart_mid_evaluation_converges_without_duplicates(
+    k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers
+) -> None:
+    with operator(HANDLERS, namespace="default"):
+        k8s_api.apply(yaml.safe_dump(heliosdeployment()))
+        wait_for_eval_pods(k8s_api)
+    # The operator is gone; the evaluation finishes meanwhile.
+    evaluate(k8s_api, fakes)
+    with operator(HANDLERS, namespace="default") as runner:
+        status = wait_for_phase(k8s_api, "Serving")
+        assert status["evaluationRound"] == 1
+        start_serving_pod(k8s_api, fakes, f"{NAME}-w1")
+        wait_for(lambda: k8s_api.kubectl_json("get", "heliosstatus", NAME)["status"].get("telemetry"), "a scrape")
+    history = hd_status(k8s_api)["decisionHistory"]
+    scraped_at = k8s_api.kubectl_json("get", "heliosstatus", NAME)["status"]["telemetry"]["observedAt"]
+    with operator(HANDLERS, namespace="default") as second:
+        wait_for(
+            lambda: (
+                k8s_api.kubectl_json("get", "heliosstatus", NAME)["status"]["telemetry"]["observedAt"] != scraped_at
+            ),
+            "the restarted operator to scrape",
+        )
+        status = hd_status(k8s_api)
+        assert status["phase"] == "Serving" and status["evaluationRound"] == 1
+        assert status["decisionHistory"] == history  # resumed from status: no new selection
+    assert names(k8s_api, "deployment") == [NAME] and names(k8s_api, "service") == [NAME]
+    assert names(k8s_api, "heliosstatus") == [NAME] and names(k8s_api, "pods") == [f"{NAME}-w1"]
+    assert runner.exception is None and second.exception is None
+
+
+@pytest.mark.timeout(60)
+def test_invalid_spec_sets_condition_and_operator_keeps_running(k8s_api: K8sApi, operator: OperatorFactory) -> None:
+    with operator(HANDLERS, namespace="default") as runner:
+        k8s_api.apply(yaml.safe_dump(heliosdeployment(maxBreaches=50)))  # > breachWindowTokens (20)
+        status = wait_for_phase(k8s_api, "Invalid")
+        valid = next(c for c in status["conditions"] if c["type"] == "SpecValid")
+        assert valid["status"] == "False" and "spec.monitoring.maxBreaches" not in valid["message"]
+        assert "monitoring.maxBreaches: must be <= breachWindowTokens (20)" in valid["message"]
+        assert not names(k8s_api, "pods")
+
+        patch = {"spec": {"monitoring": {"maxBreaches": 5}}}
+        k8s_api.kubectl("patch", "hd", NAME, "--type=merge", "-p", json.dumps(patch))
+        wait_for_phase(k8s_api, "Evaluating")
+        wait_for_eval_pods(k8s_api)
+    assert runner.exception is None and "invalid spec" in runner.output
