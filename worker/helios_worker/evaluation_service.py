@@ -7,7 +7,8 @@ The server wires it like this (``GET /v1/helios/evaluation`` returns ``provider(
         service.start()
         app.state.evaluation_provider = service.provider
 
-``provider()`` is one of ``{"status": "running", "current": name, "completed": k, "total": n}``,
+``provider()`` is one of ``{"status": "pending"}`` (before ``start``),
+``{"status": "running", "current": name, "completed": k, "total": n}``,
 ``{"status": "done", "reports": [EvaluationReport JSON, ...]}`` or
 ``{"status": "failed", "reason": "..."}``. Environment (all but candidates optional):
 

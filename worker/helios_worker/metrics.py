@@ -6,6 +6,17 @@ operator and dashboards: ``helios_`` prefix, unit suffixes, a ``model`` label. Q
 and KV-cache usage use the shapes autoscalers already read (cf. vLLM's
 ``num_requests_waiting`` and ``kv_cache_usage``) beside HELIOS's own exit-layer histogram
 and confidence breaches.
+
+Wiring in a server (one registry per process; ``/metrics`` serves ``generate_latest(registry)``)::
+
+    metrics = WorkerMetrics.for_model(registry, loaded)       # opens NVML itself unless given
+    metrics.set_exit_threshold(engine.config.exit_threshold)
+    ...  # in the engine loop, after each ``outputs, stats = engine.step()``:
+    metrics.on_step(outputs, stats)
+    for output in outputs:
+        if output.finished:
+            metrics.on_request_done(output, "abort" if output.finish_reason == "abort" else "ok")
+    # requests that fail or are aborted outside step(): metrics.on_request_done(output, "error" / "abort")
 """
 
 from __future__ import annotations
