@@ -32,6 +32,7 @@ REPORTS_KEY = "reports.json"
 # Loading weights (or downloading them) can take long; the startup probe allows 30 minutes.
 STARTUP_PERIOD_SECONDS = 10
 STARTUP_FAILURE_THRESHOLD = 180
+RECENT_PROMPTS_KEPT = 100
 
 
 def owner_reference(owner: Mapping[str, Any]) -> Manifest:
@@ -96,6 +97,7 @@ def worker_env(spec: HeliosDeploymentSpec, candidate: Candidate, extra: Mapping[
         "HELIOS_PORT": "8000",
         "HF_HOME": f"{MODEL_MOUNT}/hf",
         **({"HELIOS_MODEL_REVISION": candidate.revision} if candidate.revision else {}),
+        **({"HELIOS_MIN_EXIT_LAYER": str(spec.exit.min_exit_layer)} if spec.exit.min_exit_layer else {}),
         **extra,
     }
     variables: list[Manifest] = [{"name": key, "value": value} for key, value in env.items()]
@@ -209,7 +211,9 @@ def build_deployment(
     name = owner["metadata"]["name"]
     selector = serving_selector(name)
     template_labels = {**base_labels(name), **selector, LABEL_CANDIDATE: candidate.name}
-    extra = {"HELIOS_MODE": "serve", "HELIOS_LAYERS": str(layers), "HELIOS_RECORD_PROMPTS": "1"}
+    # The workers keep recent prompts (a count) so that a reassessment evaluates on real traffic.
+    record = max(RECENT_PROMPTS_KEPT, spec.evaluation.prompts_per_candidate)
+    extra = {"HELIOS_MODE": "serve", "HELIOS_LAYERS": str(layers), "HELIOS_RECORD_PROMPTS": str(record)}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -21,7 +21,17 @@ from helios_operator.k8s.report import (
     telemetry_summary,
 )
 from helios_operator.k8s.scrape import WorkerSample, aggregate, scrape_all
-from helios_operator.policy import Decision, adapt, apply, initial_state, record, reselect, select, with_reports
+from helios_operator.policy import (
+    AdaptState,
+    Decision,
+    adapt,
+    apply,
+    initial_state,
+    record,
+    reselect,
+    select,
+    with_reports,
+)
 from helios_operator.policy.telemetry import Telemetry
 
 SERVING_PHASES = ("Serving", "Adapting", "Degraded")
@@ -49,6 +59,12 @@ def note_decision(ctx: Context, decision: Decision) -> None:
     ctx.status["decisionHistory"] = append_history(ctx.status.get("decisionHistory", []), decision)
     kind = "Warning" if decision.kind == "hold" else "Normal"
     ctx.event(kind, _EVENT_REASONS[decision.kind], decision.reason)
+
+
+def current_state(ctx: Context) -> AdaptState:
+    if ctx.runtime.state is None:
+        raise RuntimeError("no model is being served yet")  # callers check first; a bug otherwise
+    return ctx.runtime.state
 
 
 async def reconcile(ctx: Context) -> float | None:
@@ -115,8 +131,7 @@ async def initial_evaluation(ctx: Context) -> float | None:
 
 async def serve(ctx: Context) -> None:
     """The serving Deployment and Service for the current decision (re-applied only when changed)."""
-    state = ctx.runtime.state
-    assert state is not None  # callers check; a bug otherwise
+    state = current_state(ctx)
     candidate = manifests.candidate_named(ctx.spec, state.model)
     await ctx.apply(manifests.build_deployment(ctx.body, ctx.spec, candidate, state.layers, ctx.config.worker_image))
     await ctx.apply(manifests.build_service(ctx.body))
@@ -194,8 +209,7 @@ async def act(
 async def change(ctx: Context, decision: Decision, endpoints: dict[str, str]) -> None:
     """Carry out a change: layers in place first (then in the template, so new pods agree), or a switch."""
     runtime = ctx.runtime
-    state = runtime.state
-    assert state is not None
+    state = current_state(ctx)
     if decision.model == state.model and decision.layers != state.layers:
         failed = await workers.post_layers_all(ctx.http, endpoints, decision.layers)
         if failed:
@@ -217,8 +231,7 @@ async def continue_reassessment(ctx: Context, pods: list[dict]) -> None:
     await evaluation.finish_round(ctx, round_, reports)
     runtime.round_prompts = None
     condition(ctx, EVALUATED, "True", "Evaluated", message)
-    state = runtime.state
-    assert state is not None
+    state = current_state(ctx)
     try:
         decision = reselect(state, reports, ctx.spec, ctx.now)
     except ValueError as error:

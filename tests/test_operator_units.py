@@ -1,0 +1,236 @@
+"""Pure parts of the operator: manifests, conditions, metrics parsing and aggregation, RBAC, endpoints."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from helios_operator.k8s import manifests, rbac, workers
+from helios_operator.k8s.conditions import ready_summary, set_condition
+from helios_operator.k8s.kube import PATHS
+from helios_operator.k8s.scrape import MetricsError, WorkerSample, aggregate, parse_metrics
+from helios_operator.spec import HeliosDeploymentSpec
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+OWNER = {
+    "apiVersion": "helios.dev/v1alpha1",
+    "kind": "HeliosDeployment",
+    "metadata": {"name": "demo", "namespace": "ml", "uid": "u-1"},
+}
+
+
+def make_spec(**fields: Any) -> HeliosDeploymentSpec:
+    return HeliosDeploymentSpec.model_validate({"candidates": [{"name": "a", "model": "org/a"}], **fields})
+
+
+def container(manifest: dict[str, Any]) -> dict[str, Any]:
+    spec = manifest["spec"]["template"]["spec"] if manifest["kind"] == "Deployment" else manifest["spec"]
+    return spec["containers"][0]
+
+
+def env(manifest: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(manifest)["env"]}
+
+
+# --- manifests -------------------------------------------------------------------------------------
+
+
+def test_deployment_is_hardened_owned_and_rolls_without_downtime() -> None:
+    spec = make_spec(replicas=2, worker={"resources": {"limits": {"nvidia.com/gpu": 1}}})
+    deployment = manifests.build_deployment(OWNER, spec, spec.candidates[0], 5, "img:1")
+    assert deployment["metadata"]["ownerReferences"][0] == {
+        "apiVersion": "helios.dev/v1alpha1",
+        "kind": "HeliosDeployment",
+        "name": "demo",
+        "uid": "u-1",
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert deployment["spec"]["replicas"] == 2
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    main = container(deployment)
+    assert main["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    assert {"name": "tmp", "mountPath": "/tmp"} in main["volumeMounts"]
+    assert main["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
+    assert main["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert main["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert main["startupProbe"]["failureThreshold"] * main["startupProbe"]["periodSeconds"] >= 1800
+    values = env(deployment)
+    assert values["HELIOS_MODEL"] == "org/a" and values["HELIOS_LAYERS"] == "5" and values["HELIOS_MODE"] == "serve"
+    assert values["HELIOS_MODEL_NAME"] == "a" and int(values["HELIOS_RECORD_PROMPTS"]) >= 5
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_model_volume_and_token_follow_the_spec() -> None:
+    claim = make_spec(worker={"modelVolume": {"claimName": "models"}, "hfTokenSecretRef": {"name": "hf"}})
+    deployment = manifests.build_deployment(OWNER, claim, claim.candidates[0], 1, "img")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["models"]["persistentVolumeClaim"] == {"claimName": "models"}
+    assert env(deployment)["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    cache = make_spec(worker={"modelVolume": {"cacheSizeLimit": "20Gi"}, "image": "mine:2"})
+    deployment = manifests.build_deployment(OWNER, cache, cache.candidates[0], 1, "img")
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["models"]["emptyDir"] == {"sizeLimit": str(20 * 2**30)}
+    assert container(deployment)["image"] == "mine:2" and "tolerations" not in deployment["spec"]["template"]["spec"]
+
+
+def test_evaluation_pod_carries_candidate_prompts_and_round() -> None:
+    spec = make_spec(evaluation={"promptsPerCandidate": 2, "maxNewTokens": 7})
+    pod = manifests.build_evaluation_pod(OWNER, spec, spec.candidates[0], 3, ["p1", "p2", "p3"], "img")
+    assert pod["metadata"]["name"] == "demo-eval-3-a"
+    assert pod["metadata"]["labels"][manifests.LABEL_ROUND] == "3"
+    values = env(pod)
+    assert values["HELIOS_MODE"] == "evaluate" and values["HELIOS_EVAL_PROMPTS"] == '["p1", "p2"]'
+    assert values["HELIOS_MAX_NEW_TOKENS"] == "7" and '"name": "a"' in values["HELIOS_EVAL_CANDIDATES"]
+    assert pod["spec"]["restartPolicy"] == "OnFailure"
+
+
+def test_user_env_comes_last_so_it_can_override() -> None:
+    spec = make_spec(worker={"env": [{"name": "HELIOS_PORT", "value": "9000"}]})
+    names = [e["name"] for e in container(manifests.build_deployment(OWNER, spec, spec.candidates[0], 1, "i"))["env"]]
+    assert names[-1] == "HELIOS_PORT" and names.count("HELIOS_PORT") == 2
+
+
+# --- conditions ------------------------------------------------------------------------------------
+
+
+def test_condition_transition_time_changes_only_when_status_flips() -> None:
+    first = set_condition([], "Ready", "False", "Evaluating", "x", 1, NOW)
+    later = NOW + timedelta(minutes=5)
+    same = set_condition(first, "Ready", "False", "NoReadyWorkers", "y", 2, later)
+    assert same[0]["lastTransitionTime"] == first[0]["lastTransitionTime"]
+    assert same[0]["reason"] == "NoReadyWorkers" and same[0]["observedGeneration"] == 2
+    flipped = set_condition(same, "Ready", "True", "WorkersReady", "z", 2, later)
+    assert flipped[0]["lastTransitionTime"] == "2026-01-01T00:05:00Z"
+    assert [c["type"] for c in set_condition(flipped, "SpecValid", "True", "Valid", "", 2, later)] == [
+        "Ready",
+        "SpecValid",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("phase", "ready", "desired", "expected"),
+    [
+        ("Serving", 1, 1, "True"),
+        ("Adapting", 2, 3, "True"),
+        ("Serving", 0, 1, "False"),
+        ("Degraded", 1, 1, "False"),
+        ("Invalid", 0, 1, "False"),
+        ("Evaluating", 0, 1, "False"),
+        ("Serving", 0, 0, "False"),
+    ],
+)
+def test_ready_summary(phase: str, ready: int, desired: int, expected: str) -> None:
+    assert ready_summary(phase, ready, desired)[0] == expected
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+
+def metrics(tokens: int, breaches: int, buckets: list[int] | None = None, model: str = "a", layers: int = 3) -> str:
+    lines = [
+        "# TYPE helios_generated_tokens_total counter",
+        f'helios_generated_tokens_total{{model="{model}"}} {tokens}',
+        "# TYPE helios_confidence_breaches_total counter",
+        f'helios_confidence_breaches_total{{model="{model}"}} {breaches}',
+        "# TYPE helios_requests_total counter",
+        f'helios_requests_total{{model="{model}",status="ok"}} 3',
+        f'helios_requests_total{{model="{model}",status="error"}} 1',
+        "# TYPE helios_layers_loaded gauge",
+        f"helios_layers_loaded {layers}",
+        "# TYPE helios_layers_total gauge",
+        "helios_layers_total 8",
+    ]
+    if buckets is not None:
+        lines.append("# TYPE helios_exit_layer histogram")
+        for le, count in enumerate(buckets, start=1):
+            lines.append(f'helios_exit_layer_bucket{{model="{model}",le="{le}.0"}} {count}')
+        lines += [f'helios_exit_layer_bucket{{model="{model}",le="+Inf"}} {buckets[-1]}']
+        lines += [f'helios_exit_layer_count{{model="{model}"}} {buckets[-1]}', 'helios_exit_layer_sum{model="a"} 1']
+    return "\n".join(lines) + "\n"
+
+
+def test_parse_metrics_reads_counters_layers_and_buckets() -> None:
+    sample = parse_metrics(metrics(100, 7, [50, 80, 100]), NOW)
+    assert (sample.model, sample.layers, sample.layers_total) == ("a", 3, 8)
+    assert (sample.tokens, sample.breaches, sample.requests) == (100, 7, 4)
+    assert sample.exit_buckets[2.0] == 80
+
+
+@pytest.mark.parametrize(
+    "text", ["", "helios_layers_loaded 3\n", "this is not prometheus {{{\n", metrics(1, 0).replace('model="a"', "")]
+)
+def test_parse_metrics_rejects_what_it_cannot_use(text: str) -> None:
+    with pytest.raises(MetricsError):
+        parse_metrics(text, NOW)
+
+
+def sample(tokens: float, breaches: float, seconds: float = 0, model: str = "a", layers: int = 3, **kw: Any) -> Any:
+    return WorkerSample(NOW + timedelta(seconds=seconds), model, layers, 8, tokens, breaches, 0, **kw)
+
+
+def test_aggregate_sums_deltas_over_pods_and_builds_the_exit_histogram() -> None:
+    before = {"p1": sample(100, 10, exit_buckets={1.0: 50, 2.0: 80, 3.0: 100}), "p2": sample(0, 0)}
+    after = {
+        "p1": sample(120, 15, 10, exit_buckets={1.0: 55, 2.0: 90, 3.0: 120}),
+        "p2": sample(30, 3, 10),
+        "p3": sample(999, 999, 10),  # first sight: a baseline only
+    }
+    result = aggregate(before, after, {"a": "a"}, NOW)
+    telemetry = result.telemetry
+    assert telemetry is not None
+    assert (telemetry.num_new_tokens, telemetry.num_new_breaches) == (50, 8)
+    # p2 has no histogram, so the per-layer counts would not add up to the tokens: unknown.
+    assert telemetry.exit_histogram == []
+    assert result.tokens_per_second == pytest.approx(5.0) and result.num_scraped == 3
+
+    only_p1 = aggregate({"p1": before["p1"]}, {"p1": after["p1"]}, {}, NOW).telemetry
+    assert only_p1 is not None and only_p1.exit_histogram == [5, 5, 10]
+
+
+def test_aggregate_handles_restarts_and_mid_switch_pods() -> None:
+    restarted = aggregate({"p": sample(500, 50)}, {"p": sample(20, 4, 5)}, {}, NOW).telemetry
+    assert restarted is not None and (restarted.num_new_tokens, restarted.num_new_breaches) == (20, 4)
+    # Two pods already on 5 layers of org/a (named by reference), one still on 3: the majority speaks.
+    before = {"p1": sample(0, 0, layers=5, model="org/a"), "p2": sample(0, 0, layers=5, model="org/a")}
+    after = {**{k: sample(10, 1, 5, layers=5, model="org/a") for k in before}, "p3": sample(10, 9, 5)}
+    telemetry = aggregate(before, after, {"org/a": "a"}, NOW).telemetry
+    assert telemetry is not None and (telemetry.model, telemetry.layers, telemetry.num_new_tokens) == ("a", 5, 20)
+    assert aggregate({}, {}, {}, NOW).telemetry is None
+
+
+# --- endpoints and RBAC -----------------------------------------------------------------------------
+
+
+def test_endpoint_uses_pod_ip_unless_the_annotation_is_allowed() -> None:
+    pod = {
+        "metadata": {"annotations": {manifests.ENDPOINT_ANNOTATION: "http://127.0.0.1:9/"}},
+        "status": {"phase": "Running", "podIP": "10.0.0.7", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+    assert workers.endpoint(pod, 8000, allow_annotation=False) == "http://10.0.0.7:8000"
+    assert workers.endpoint(pod, 8000, allow_annotation=True) == "http://127.0.0.1:9"
+    assert workers.is_ready(pod)
+    assert not workers.is_ready({**pod, "metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}})
+
+
+def test_rbac_rules_cover_every_kind_the_operator_writes() -> None:
+    rules = {(r["apiGroups"][0], r["resources"][0]): set(r["verbs"]) for r in rbac.rules()}
+    assert {"create", "delete", "list"} <= rules[("", "pods")]
+    assert {"create", "patch"} <= rules[("apps", "deployments")]
+    assert {"create", "patch"} <= rules[("helios.dev", "heliosstatuses")]
+    assert "patch" in rules[("helios.dev", "heliosdeployments/status")]
+    assert "create" in rules[("", "events")]
+    assert all("*" not in verbs for verbs in rules.values())
+    for prefix, plural in PATHS.values():  # every kind kube.py touches is granted
+        group = "" if prefix == "/api/v1" else prefix.split("/")[2]
+        assert (group, plural) in rules, plural
