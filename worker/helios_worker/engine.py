@@ -107,6 +107,7 @@ class Engine:
         self.running: list[Sequence] = []
         self.eos_token_ids = self._eos_token_ids()
         self._ids = itertools.count()
+        self._probe_states: list[torch.Tensor] = []  # probe mode: [rows, hidden] after each layer
 
     # --- public API ---------------------------------------------------------------------
     @property
@@ -279,22 +280,40 @@ class Engine:
 
         ``hidden`` is [rows, 1, hidden] for the rows in ``running`` (indices into ``seqs``).
         """
+        if self.config.probe_layers:
+            return self._probe_test(seqs, running, hidden, layer)
         logits = self.family.exit_head(self.model, hidden[:, -1])  # [rows, vocab]
         confidence, greedy = logits.float().softmax(-1).max(-1)
-        if self.config.probe_layers:
-            for row, conf, top in zip(running.tolist(), confidence.tolist(), greedy.tolist(), strict=True):
-                seqs[row].probe.append((conf, top))
         if layer == self.active_layers:
             leaving = torch.ones_like(confidence, dtype=torch.bool)
-        elif self.config.probe_layers:
-            leaving = torch.zeros_like(confidence, dtype=torch.bool)
         else:
             leaving = confidence >= self.config.exit_threshold
+        self._emit_rows(seqs, running, leaving, logits, confidence, greedy, layer)
+        return leaving
+
+    def _probe_test(self, seqs: list[Sequence], running: torch.Tensor, hidden: torch.Tensor, layer: int):
+        """Evaluation mode: keep every layer's state; at the last layer apply the head to all at once.
+
+        One [layers x rows] head matmul and one host transfer beat a head, a softmax and a sync
+        per layer. No row leaves before the last layer, so ``running`` is the same at every layer.
+        """
+        self._probe_states.append(hidden[:, -1])
+        if layer < self.active_layers:
+            return torch.zeros(len(running), dtype=torch.bool, device=hidden.device)
+        states, self._probe_states = torch.stack(self._probe_states), []  # [layers, rows, hidden]
+        logits = self.family.exit_head(self.model, states)  # [layers, rows, vocab]
+        confidence, top = logits.float().softmax(-1).max(-1)  # [layers, rows]
+        for column, row in enumerate(running.tolist()):
+            seqs[row].probe = list(zip(confidence[:, column].tolist(), top[:, column].tolist(), strict=True))
+        leaving = torch.ones(len(running), dtype=torch.bool, device=hidden.device)
+        self._emit_rows(seqs, running, leaving, logits[-1], confidence[-1], top[-1], layer)
+        return leaving
+
+    def _emit_rows(self, seqs, running, leaving, logits, confidence, greedy, layer: int) -> None:
         for row in leaving.nonzero()[:, 0].tolist():
             seq = seqs[int(running[row])]
             token = int(greedy[row]) if seq.params.is_greedy else sample(logits[row], seq.params, seq.generator)
             self._emit(seq, token, float(confidence[row]), layer)
-        return leaving
 
     def _fill_skipped_kv(self, slots, positions, exit_at, exit_state, pos_in) -> None:
         """Write K/V for the layers each row skipped, projected from its exit hidden state."""
