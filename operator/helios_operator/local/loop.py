@@ -137,6 +137,7 @@ class LocalRun:
         self.serving = Serving(self.proxy, supervisor, self.client, options.drain_timeout, self._log_handover)
         self.adapt_state: AdaptState | None = None
         self._last_counters: WorkerCounters | None = None
+        self._scrape_problem: str | None = None
 
     # --- bookkeeping ---------------------------------------------------------------------
     def _log(self, kind: LogKind, message: str, decision: Decision | None = None) -> None:
@@ -315,8 +316,13 @@ class LocalRun:
             response = await self.client.get(f"{worker.url}/metrics", timeout=5.0)
             response.raise_for_status()
             counters = read_counters(response.text)
-        except (httpx.HTTPError, MetricsError):
+        except (httpx.HTTPError, MetricsError) as error:
+            problem = f"cannot read {worker.url}/metrics: {error}"
+            if problem != self._scrape_problem:  # once per distinct problem, not every interval
+                self._log("error", problem)
+            self._scrape_problem = problem
             return None
+        self._scrape_problem = None
         previous = self._last_counters or WorkerCounters.zero(counters.layers)
         self._last_counters = counters
         telemetry = telemetry_between(previous, counters, worker.settings.model, now)
@@ -396,12 +402,14 @@ class LocalRun:
         self._set_phase("Serving")
 
     # --- the whole run -------------------------------------------------------------------
-    async def _choose(self) -> tuple[list[EvaluationReport], Decision]:
+    def _load_saved(self) -> RunState | None:
         try:
-            saved = load_state(self.options.state_file)
+            return load_state(self.options.state_file)
         except StateFileError as error:
             self._log("error", f"{error}; starting afresh")
-            saved = None
+            return None
+
+    async def _choose(self, saved: RunState | None) -> tuple[list[EvaluationReport], Decision]:
         if saved is not None:
             killed = reap_orphans(saved.workers)
             if killed:
@@ -428,12 +436,13 @@ class LocalRun:
         return reports, decision
 
     async def run(self, stop: asyncio.Event, server: ProxyServer | None = None) -> int:
+        saved = self._load_saved()  # before anything is saved over it
         server = server or ProxyServer(self.proxy, self.options.host, self.options.port)
         await server.start()
         self.state = self.state.model_copy(update={"proxy_url": server.url})
         self._save()
         try:
-            return await _until(stop, self._serve())
+            return await _until(stop, self._serve(saved))
         except RunFailed as error:
             self._set_phase("Failed", str(error))
             print(f"helios run: {error}", file=sys.stderr)
@@ -448,8 +457,8 @@ class LocalRun:
             await server.stop()
             await self.client.aclose()
 
-    async def _serve(self) -> int:
-        reports, decision = await self._choose()
+    async def _serve(self, saved: RunState | None) -> int:
+        reports, decision = await self._choose(saved)
         self._adopt(decision)
         await self._start_worker(decision)
         self.adapt_state = initial_state(decision, reports, self.spec, self.spec.memory_budget, self.clock())

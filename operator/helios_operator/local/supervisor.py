@@ -45,23 +45,33 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def serve_command(model_ref: str, layers: int, exit_threshold: float, port: int, record_prompts: int) -> list[str]:
-    """The worker command line (the serve contract: helios serve --model --layers --exit-threshold --port)."""
+def serve_command(settings: WorkerSettings, port: int, host: str, drain_seconds: float) -> list[str]:
+    """The worker command line (the serve contract: helios serve --model --layers --exit-threshold --port).
+
+    The candidate name is the served model name, so the worker's metrics carry it as their
+    ``model`` label; the worker's own drain is shorter than our kill timeout, so it exits first.
+    """
     return [
         sys.executable,
         "-m",
         "helios_operator.cli",
         "serve",
         "--model",
-        model_ref,
+        settings.model_ref,
+        "--served-model-name",
+        settings.model,
         "--layers",
-        str(layers),
+        str(settings.layers),
         "--exit-threshold",
-        str(exit_threshold),
+        str(settings.exit_threshold),
+        "--host",
+        host,
         "--port",
         str(port),
         "--record-prompts",
-        str(record_prompts),
+        str(settings.record_prompts),
+        "--drain-seconds",
+        f"{drain_seconds:g}",
     ]
 
 
@@ -150,10 +160,6 @@ async def spawn(command: Sequence[str], url: str, settings: WorkerSettings, log_
 CommandBuilder = Callable[[WorkerSettings, int], list[str]]
 
 
-def default_command(settings: WorkerSettings, port: int) -> list[str]:
-    return serve_command(settings.model_ref, settings.layers, settings.exit_threshold, port, settings.record_prompts)
-
-
 @dataclass
 class Supervisor:
     """Starts workers with retries and exponential backoff; never waits unboundedly."""
@@ -164,7 +170,7 @@ class Supervisor:
     drain_timeout: float = 30.0
     attempts: int = 3
     backoff: float = 1.0
-    command: CommandBuilder = default_command
+    command: CommandBuilder | None = None  # default: ``helios serve`` (tests pass a fake worker)
     on_failure: Callable[[str], Awaitable[None] | None] | None = None
     host: str = "127.0.0.1"
 
@@ -174,7 +180,12 @@ class Supervisor:
         for attempt in range(1, self.attempts + 1):
             port = free_port(self.host)
             log_path = self.log_dir / f"worker-{settings.model}-{port}.log"
-            worker = await spawn(self.command(settings, port), f"http://{self.host}:{port}", settings, log_path)
+            command = (
+                self.command(settings, port)
+                if self.command is not None
+                else serve_command(settings, port, self.host, max(1.0, self.drain_timeout - 5.0))
+            )
+            worker = await spawn(command, f"http://{self.host}:{port}", settings, log_path)
             try:
                 await worker.wait_ready(self.client, self.ready_timeout)
                 return worker
