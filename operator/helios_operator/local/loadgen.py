@@ -38,6 +38,7 @@ class LoadSettings(BaseModel):
 
 
 class RequestResult(BaseModel):
+    prompt: str
     sent_at: float = Field(description="Seconds after the start.")
     latency: float
     is_ok: bool
@@ -45,6 +46,7 @@ class RequestResult(BaseModel):
     status: int | None = None
     num_tokens: int = 0
     served_by: str | None = None
+    text: str | None = Field(default=None, description="The completion (non-streaming requests).")
     error: str | None = None
 
 
@@ -156,6 +158,7 @@ async def _one(
     }
     start = time.monotonic()
     status: int | None = None
+    text: str | None = None
     try:
         if settings.stream:
             async with client.stream("POST", "/v1/completions", json=body) as response:
@@ -172,9 +175,12 @@ async def _one(
             document = response.json()
             tokens = int(document.get("usage", {}).get("completion_tokens", 0))
             served_by = document.get("model")
+            choices = document.get("choices") or [{}]
+            text = choices[0].get("text")
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
         message = str(error) or type(error).__name__
         return RequestResult(
+            prompt=prompt,
             sent_at=sent_at,
             latency=time.monotonic() - start,
             is_ok=False,
@@ -183,6 +189,7 @@ async def _one(
             error=message if message.startswith("HTTP") else f"{type(error).__name__}: {message}"[:200],
         )
     return RequestResult(
+        prompt=prompt,
         sent_at=sent_at,
         latency=time.monotonic() - start,
         is_ok=True,
@@ -190,6 +197,7 @@ async def _one(
         status=status,
         num_tokens=tokens,
         served_by=served_by,
+        text=text,
     )
 
 

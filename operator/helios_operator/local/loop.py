@@ -36,7 +36,7 @@ from helios_operator.local.state import (
     plan_start,
     save_state,
 )
-from helios_operator.local.supervisor import Supervisor, WorkerFailed, WorkerSettings
+from helios_operator.local.supervisor import CommandBuilder, Supervisor, WorkerFailed, WorkerSettings
 from helios_operator.local.telemetry import MetricsError, WorkerCounters, read_counters, telemetry_between
 from helios_operator.policy import (
     AdaptState,
@@ -73,6 +73,7 @@ class RunOptions:
     drain_timeout: float = 30.0
     attempts: int = 3
     backoff: float = 1.0
+    worker_command: CommandBuilder | None = None  # default: ``helios serve``
 
     @property
     def log_dir(self) -> Path:
@@ -133,6 +134,7 @@ class LocalRun:
             attempts=options.attempts,
             backoff=options.backoff,
             on_failure=lambda message: self._log("error", message),
+            command=options.worker_command,
         )
         self.serving = Serving(self.proxy, supervisor, self.client, options.drain_timeout, self._log_handover)
         self.adapt_state: AdaptState | None = None
@@ -325,20 +327,19 @@ class LocalRun:
         self._scrape_problem = None
         previous = self._last_counters or WorkerCounters.zero(counters.layers)
         self._last_counters = counters
-        telemetry = telemetry_between(previous, counters, worker.settings.model, now)
-        seconds = self.spec.monitoring.interval
-        window = self.adapt_state.breaches if self.adapt_state else None
+        return telemetry_between(previous, counters, worker.settings.model, now)
+
+    def _add_point(self, telemetry: Telemetry, state: AdaptState) -> None:
         point = SeriesPoint(
-            at=now,
-            model=worker.settings.model,
-            layers=counters.layers,
+            at=telemetry.observed_at,
+            model=telemetry.model,
+            layers=telemetry.layers,
             num_new_tokens=telemetry.num_new_tokens,
             num_new_breaches=telemetry.num_new_breaches,
-            tokens_per_second=telemetry.num_new_tokens / seconds,
-            window_breach_rate=window.breach_rate if window is not None else 0.0,
+            tokens_per_second=telemetry.num_new_tokens / self.spec.monitoring.interval,
+            window_breach_rate=state.breaches.breach_rate,
         )
         self.counts.series = [*self.counts.series, point][-MAX_SERIES_POINTS:]
-        return telemetry
 
     async def _recover_crashed_worker(self) -> None:
         worker, decision = self.serving.worker, self.state.decision
@@ -364,7 +365,10 @@ class LocalRun:
             raise RuntimeError("tick() before the first selection was served")
         telemetry = await self.scrape()
         now = self.clock()
-        state = record(self.adapt_state, telemetry) if telemetry is not None else self.adapt_state
+        state = self.adapt_state
+        if telemetry is not None:
+            state = record(state, telemetry)
+            self._add_point(telemetry, state)
         decision = adapt(state, telemetry, self.spec, now)
         self.adapt_state = state
         if decision is None:
