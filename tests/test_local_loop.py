@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from helios_operator.local.config import spec_hash
+from helios_operator.local.evaluate import EvaluationJob
 from helios_operator.local.loop import LocalRun, RunOptions
 from helios_operator.local.state import RunState, load_state, save_state
 from helios_operator.local.supervisor import free_port
@@ -197,3 +198,53 @@ def test_a_worker_crash_while_serving_is_reported_and_the_worker_restarted(tmp_p
     assert "exited with status 9" in crash.message
     assert status.num_worker_restarts == 1 and len(pids - {None}) == 2
     assert [entry.kind for entry in status.log].count("worker_started") == 2
+
+
+@pytest.mark.timeout(60)
+def test_reassessment_on_recent_traffic_switches_model_by_hand_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    spec = HeliosDeploymentSpec.model_validate(
+        {
+            "candidates": [{"name": "alpha", "model": "test/alpha"}, {"name": "beta", "model": "test/beta"}],
+            "accuracy": {"minAgreement": 0.9},
+            "evaluation": {"reassessEveryRequests": 5},
+            "monitoring": {"interval": "200ms", "cooldown": 0, "maxBreaches": 100},
+        }
+    )
+    before = [make_report("alpha", tokens_per_second=100.0), make_report("beta", tokens_per_second=10.0)]
+    decision = select(before, spec, None, datetime.now(UTC))
+    assert decision.model == "alpha"
+    state_file = tmp_path / "state.json"
+    save_state(state_file, RunState(spec_hash=spec_hash(spec), phase="Serving", reports=before, decision=decision))
+    # Live traffic made beta the better candidate: the evaluation subprocess now reports so.
+    after = {
+        "alpha": make_report("alpha", tokens_per_second=10.0),
+        "beta": make_report("beta", tokens_per_second=100.0),
+    }
+    reports_dir = tmp_path / "reports"
+    reports_dir.mkdir()
+    for name, report in after.items():
+        (reports_dir / f"{name}.json").write_text(f"[{report.model_dump_json()}]")
+    script = tmp_path / "fake_evaluate.py"
+    script.write_text(f"import sys; print(open({str(reports_dir)!r} + '/' + sys.argv[1] + '.json').read())")
+    monkeypatch.setattr(EvaluationJob, "command", lambda job: [sys.executable, str(script), job.name])
+
+    async def body():
+        local = LocalRun(spec, _options(tmp_path, state_file))
+        stop = asyncio.Event()
+        run = asyncio.create_task(local.run(stop))
+        for _ in range(300):
+            await asyncio.sleep(0.1)
+            series = local.status().series
+            if (series and series[-1].model == "beta") or run.done():
+                break
+        status = local.status()
+        stop.set()
+        return status, await asyncio.wait_for(run, 30)
+
+    status, code = asyncio.run(body())
+    assert code == 0
+    kinds = [entry.kind for entry in status.log]
+    assert kinds.index("reassess") < kinds.index("evaluate") < kinds.index("switch_model") < kinds.index("handover")
+    assert status.model == "beta" and status.num_switches == 1
+    assert status.series[-1].model == "beta"  # scraped from the new worker
+    assert status.num_failed == 0

@@ -380,18 +380,19 @@ class LocalRun:
             return
         self._log(decision.kind, decision.reason, decision)
         if decision.kind == "reassess":
-            await self.reassess(now)
+            await self.reassess(decision, now)
             return
         self._set_phase("Adapting", decision.reason)
         if await self.carry_out(decision):
             self.adapt_state = apply(self.adapt_state, decision, self.clock())
         self._set_phase("Serving")
 
-    async def reassess(self, now: datetime) -> None:
+    async def reassess(self, request: Decision, now: datetime) -> None:
+        """Re-evaluate every candidate on recent traffic, then switch, resize or keep (step 6)."""
         if self.adapt_state is None:
             raise RuntimeError("reassess() before the first selection was served")
         self._set_phase("Adapting", "reassessing the candidates on recent traffic")
-        self.adapt_state = apply(self.adapt_state, Decision(kind="reassess", model="-", layers=1, reason=""), now)
+        self.adapt_state = apply(self.adapt_state, request, now)
         try:
             reports = await self.evaluate(from_traffic=True)
         except RunFailed:
