@@ -79,3 +79,17 @@ def test_an_unreachable_endpoint_fails_every_request_without_hanging():
     report, _ = asyncio.run(run_load(settings))
     assert report.sent > 0 and report.ok == 0 and report.failed == report.sent
     assert all(error.startswith("ConnectError") for error in report.errors)
+
+
+def test_load_cli_checks_its_arguments(tmp_path, capsys):
+    from helios_operator.cli import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\n")
+    base = ["load", "--url", "http://127.0.0.1:1", "--prompts", str(prompts)]
+    assert main([*base, "--rate", "1", "--shift-to", str(prompts)]) == 2
+    assert "go together" in capsys.readouterr().err
+    assert main([*base, "--rate", "0"]) == 2
+    assert "rate" in capsys.readouterr().err
+    (tmp_path / "empty.txt").write_text("\n")
+    assert main(["load", "--url", "http://x", "--rate", "1", "--prompts", str(tmp_path / "empty.txt")]) == 2

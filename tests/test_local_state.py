@@ -104,3 +104,21 @@ def test_configmap_prompts_are_rejected_without_a_cluster(tmp_path: Path):
 def test_candidate_ref_carries_the_revision():
     spec = HeliosDeploymentSpec.model_validate({"candidates": [{"name": "a", "model": "org/m", "revision": "v2"}]})
     assert candidate_ref(spec, "a") == "org/m@v2"
+
+
+def test_helios_status_falls_back_to_the_state_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    import json
+
+    from helios_operator.cli import main
+    from helios_operator.local.supervisor import free_port
+
+    state = _served_state(_spec()).model_copy(update={"proxy_url": f"http://127.0.0.1:{free_port()}"})
+    save_state(tmp_path / "state.json", state)
+    assert main(["status", "--state-file", str(tmp_path / "state.json"), "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["source"].endswith("(not running)")
+    assert shown["model"] == state.decision.model and shown["layers"] == state.decision.layers
+    assert shown["log"][0]["kind"] == "select"
+
+    assert main(["status", "--state-file", str(tmp_path / "absent.json"), "--url", state.proxy_url]) == 2
+    assert "no helios run answers" in capsys.readouterr().err
