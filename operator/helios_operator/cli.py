@@ -14,6 +14,7 @@ import sys
 # name -> module path; the module's docstring's first line is the help text.
 COMMANDS: dict[str, str] = {
     "generate": "helios_worker.commands.generate",
+    "serve": "helios_worker.commands.serve",
     "decide": "helios_operator.commands.decide",
     "evaluate": "helios_worker.commands.evaluate",
     "crds": "helios_operator.commands.crds",

@@ -1,0 +1,75 @@
+"""Serve a model over an OpenAI-compatible HTTP API with early exit over its first L layers."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from helios_worker.server.settings import ENV_ALIASES, ENV_PREFIX, ServerSettings
+
+# Flags whose meaning is clearer spelled out than generated from the field name.
+_METAVARS = {"model": "REF", "layers": "L", "exit_threshold": "T", "max_batch_size": "B", "max_queue": "Q"}
+# Connection shutdown after the drain: in-flight work is done by then, only sockets are left.
+SOCKET_CLOSE_SECONDS = 5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per ServerSettings field; each also read from HELIOS_<FIELD> (flags win)."""
+    parser.epilog = "Every flag can also be set as an environment variable HELIOS_<FLAG> (flags win)."
+    for name, field in ServerSettings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        variables = ", ".join((ENV_PREFIX + name.upper(), *ENV_ALIASES.get(name, ())))
+        default = "" if field.is_required() or field.default is None else f"; default {field.default}"
+        help_text = f"{field.description or name} [{variables}{default}]"
+        if field.annotation is bool:
+            # Strings for everything else: pydantic validates flag and env values the same way.
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, default=None, metavar=_METAVARS.get(name, name.upper()), help=help_text)
+
+
+def run(args: argparse.Namespace) -> int:
+    from helios_operator.cli import UserError
+    from helios_worker.server.settings import SettingsError
+
+    flags = {name: getattr(args, name) for name in ServerSettings.model_fields}
+    try:
+        settings = ServerSettings.from_sources(flags, os.environ)
+    except SettingsError as error:
+        raise UserError(str(error)) from None
+
+    import uvicorn
+
+    if settings.torch_threads is not None:
+        import torch
+
+        # Per process: on a shared CPU, intra-op threads of a small model mostly wait on each other.
+        torch.set_num_threads(settings.torch_threads)
+
+    from helios_worker.server.app import create_app
+    from helios_worker.server.process import DrainingServer
+    from helios_worker.server.state import Phase
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=settings.log_level == "debug",  # a line per request costs throughput at load
+        timeout_graceful_shutdown=SOCKET_CLOSE_SECONDS,
+    )
+    worker = app.state.worker
+    DrainingServer(config, worker, settings.drain_seconds).run()
+    if worker.phase != Phase.FAILED:
+        return 0
+    from helios_worker.loading import ModelLoadError
+    from helios_worker.model_refs import ModelRefError
+
+    if isinstance(worker.load_error, ModelRefError | ModelLoadError):  # the user's reference or layers
+        raise UserError(str(worker.load_error))
+    print(f"helios serve: {worker.reason}", file=sys.stderr)
+    return 1

@@ -1,0 +1,87 @@
+"""The worker's one validated config: ``helios serve`` flags over ``HELIOS_*`` environment variables.
+
+Kubernetes configures the worker through the environment (the operator's pod template sets
+HELIOS_MODEL, HELIOS_LAYERS, ...); people use flags. Every field has both, flags win, and
+both are validated by the same pydantic model so a bad value reads the same either way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "HELIOS_"
+# Extra environment names a field also answers to (the operator's pod template uses these).
+ENV_ALIASES: dict[str, tuple[str, ...]] = {"served_model_name": ("HELIOS_MODEL_NAME",)}
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message names the flag and the variable."""
+
+
+class ServerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(min_length=1, description="alias, local HF directory, or cached hub id")
+    model_revision: str | None = Field(default=None, description="hub revision (appended to the model as @REV)")
+    served_model_name: str | None = Field(default=None, description="name clients use (default: the model ref)")
+    layers: int | None = Field(default=None, ge=1, description="decoder layers to load (default: all)")
+    exit_threshold: float = Field(default=0.8, gt=0.0, le=1.0, description="a token exits when max softmax >= T")
+    early_exit: bool = Field(default=True, description="exit tests at every layer from --min-exit-layer")
+    min_exit_layer: int = Field(default=1, ge=1, description="first layer where a token may exit")
+    max_batch_size: int = Field(default=16, ge=1, le=4096, description="sequences decoded together")
+    max_queue: int = Field(default=64, ge=0, description="requests waiting for a batch slot before 429")
+    max_seq_len: int = Field(default=2048, ge=2, description="context per sequence (capped by the model)")
+    device: str = Field(default="cpu", min_length=1, description="cpu or cuda[:i]")
+    torch_threads: int | None = Field(
+        default=None, ge=1, le=1024, description="CPU threads for torch (default: torch's; 1 suits small models)"
+    )
+    host: str = Field(default="0.0.0.0", min_length=1, description="address to listen on")
+    port: int = Field(default=8000, ge=0, le=65535, description="port to listen on (0: any free port)")
+    api_key: str | None = Field(default=None, description="if set, /v1/* need 'Authorization: Bearer KEY'")
+    record_prompts: int = Field(default=0, ge=0, le=100_000, description="keep the last N prompt texts (0: off)")
+    drain_seconds: float = Field(default=30.0, ge=0.0, description="on SIGTERM, time in-flight requests get")
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, description="larger request bodies get 413")
+    log_level: str = Field(
+        default="info", pattern="^(critical|error|warning|info|debug)$", description="critical|error|warning|info|debug"
+    )
+
+    @field_validator("api_key", "model_revision", "served_model_name", mode="before")
+    @classmethod
+    def _empty_means_unset(cls, value: Any) -> Any:
+        # An empty HELIOS_API_KEY= in a manifest must not turn auth on with an empty key.
+        return None if value == "" else value
+
+    @property
+    def model_ref(self) -> str:
+        if self.model_revision and "@" not in self.model:
+            return f"{self.model}@{self.model_revision}"
+        return self.model
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or self.model
+
+    @classmethod
+    def from_sources(cls, flags: Mapping[str, Any], environ: Mapping[str, str]) -> ServerSettings:
+        """Flags (None = not given) over environment over defaults; SettingsError names what is wrong."""
+        values: dict[str, Any] = {}
+        origin: dict[str, str] = {}
+        for name in cls.model_fields:
+            if flags.get(name) is not None:
+                values[name], origin[name] = flags[name], "--" + name.replace("_", "-")
+                continue
+            for variable in (ENV_PREFIX + name.upper(), *ENV_ALIASES.get(name, ())):
+                if variable in environ:
+                    values[name], origin[name] = environ[variable], variable
+                    break
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = str(first["loc"][0]) if first["loc"] else ""
+            where = origin.get(field) or f"--{field.replace('_', '-')} / {ENV_PREFIX}{field.upper()}"
+            given = f" (got {values[field]!r})" if field in values and field != "api_key" else ""
+            raise SettingsError(f"{where}: {first['msg']}{given}") from None
