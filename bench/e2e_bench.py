@@ -60,9 +60,11 @@ def _prompts(name: str) -> list[str]:
     return [line for line in packaged_prompts_path(name).read_text().splitlines() if line.strip()]
 
 
-def _workload(args: argparse.Namespace, url: str) -> LoadSettings:
+def _workload(args: argparse.Namespace, url: str, model: str = "helios") -> LoadSettings:
+    """The same requests for every system; ``model`` is the name the endpoint answers to."""
     return LoadSettings(
         url=url,
+        model=model,
         rate=args.rate,
         prompts=_prompts("in_domain.txt"),
         shift_prompts=_prompts("out_of_domain.txt"),
@@ -103,7 +105,7 @@ async def run_static(args: argparse.Namespace, name: str, ref: str, early_exit: 
         worker = await supervisor.start(WorkerSettings(model=name, model_ref=ref, layers=1, exit_threshold=0.8))
         startup = time.monotonic() - began
         try:
-            report, results = await run_load(_workload(args, worker.url))
+            report, results = await run_load(_workload(args, worker.url, model=name))
         finally:
             await supervisor.stop(worker)
     label = f"{name}/{'ee-all' if early_exit else 'full'}"
@@ -228,6 +230,8 @@ async def main(args: argparse.Namespace) -> int:
         for early_exit in (False, True):
             print(f"running {name} {'early exit, all layers' if early_exit else 'full depth'} ...", file=sys.stderr)
             outcome = await run_static(args, name, ref, early_exit, work_dir / "logs")
+            if outcome.report.errors:
+                print(f"  {outcome.name} failures: {outcome.report.errors}", file=sys.stderr)
             outcomes.append(outcome)
             if not early_exit:
                 references[name] = outcome.results
