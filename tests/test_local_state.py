@@ -122,3 +122,16 @@ def test_helios_status_falls_back_to_the_state_file(tmp_path: Path, capsys: pyte
 
     assert main(["status", "--state-file", str(tmp_path / "absent.json"), "--url", state.proxy_url]) == 2
     assert "no helios run answers" in capsys.readouterr().err
+
+
+def test_evaluation_prompts_follow_the_spec_source(tmp_path: Path):
+    from helios_operator.local.evaluate import evaluation_prompts, write_prompts
+
+    traffic = _spec(evaluation={"promptsPerCandidate": 2})
+    assert evaluation_prompts(traffic, ["a", " ", "b", "c"]) == ["b", "c"]  # the most recent
+    builtin = evaluation_prompts(traffic, [])
+    assert len(builtin) == 2 and all(builtin)  # no traffic yet: the worker's built-in prompts
+    inline = _spec(evaluation={"prompts": {"inline": ["x", "y", "z"]}, "promptsPerCandidate": 5})
+    assert evaluation_prompts(inline, ["ignored"]) == ["x", "y", "z"]
+    path = write_prompts(tmp_path / "p.txt", ["one\ntwo", "three"])
+    assert path.read_text().splitlines() == ["one two", "three"]

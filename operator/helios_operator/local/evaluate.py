@@ -20,7 +20,9 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
+from helios_operator.local.config import packaged_prompts_path
 from helios_operator.reports import EvaluationReport
+from helios_operator.spec import HeliosDeploymentSpec
 
 _REPORTS = TypeAdapter(list[EvaluationReport])
 USAGE_ERROR_STATUS = 2
@@ -97,6 +99,27 @@ async def evaluate_once(job: EvaluationJob, timeout: float) -> EvaluationReport:
     if len(reports) != 1 or reports[0].model != job.name:
         raise EvaluationFailed(f"evaluating {job.name} returned reports for {[r.model for r in reports]}")
     return reports[0]
+
+
+def evaluation_prompts(spec: HeliosDeploymentSpec, recent: Sequence[str] = ()) -> list[str]:
+    """The last ``promptsPerCandidate`` prompts of the spec's source.
+
+    Inline prompts when the spec has them; otherwise ``recent`` traffic (the paper's choice),
+    and before any traffic the worker's built-in prompts, as the operator does.
+    """
+    wanted = spec.evaluation.prompts_per_candidate
+    source = spec.evaluation.prompts
+    prompts = list(source.inline) if source.inline is not None else [p for p in recent if p.strip()]
+    if not prompts:
+        prompts = [line for line in packaged_prompts_path().read_text().splitlines() if line.strip()]
+    return prompts[-wanted:]
+
+
+def write_prompts(path: Path, prompts: Sequence[str]) -> Path:
+    """One prompt per line, as ``helios evaluate --prompts`` reads them (newlines inside become spaces)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(p.replace("\n", " ") + "\n" for p in prompts), encoding="utf-8")
+    return path
 
 
 Progress = Callable[[str], None]

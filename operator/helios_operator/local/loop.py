@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,14 +19,21 @@ from pathlib import Path
 
 import httpx
 
-from helios_operator.local.config import candidate_ref, packaged_prompts_path, spec_hash
-from helios_operator.local.evaluate import EvaluationFailed, EvaluationJob, evaluate_all
+from helios_operator.local.config import candidate_ref, spec_hash
+from helios_operator.local.evaluate import (
+    EvaluationFailed,
+    EvaluationJob,
+    evaluate_all,
+    evaluation_prompts,
+    write_prompts,
+)
 from helios_operator.local.proxy import Proxy, ProxyServer
 from helios_operator.local.serving import LayerChangeFailed, Serving
 from helios_operator.local.snapshot import MAX_SERIES_POINTS, RunStatus, SeriesPoint
 from helios_operator.local.state import (
     LogEntry,
     LogKind,
+    Phase,
     Resume,
     RunState,
     StateFileError,
@@ -36,7 +42,7 @@ from helios_operator.local.state import (
     plan_start,
     save_state,
 )
-from helios_operator.local.supervisor import CommandBuilder, Supervisor, WorkerFailed, WorkerSettings
+from helios_operator.local.supervisor import CommandBuilder, Supervisor, WorkerFailed, WorkerSettings, reap_orphans
 from helios_operator.local.telemetry import MetricsError, WorkerCounters, read_counters, telemetry_between
 from helios_operator.policy import (
     AdaptState,
@@ -90,21 +96,6 @@ class _Counts:
     layer_changes: int = 0
     restarts: int = 0
     series: list[SeriesPoint] = field(default_factory=list)
-
-
-def reap_orphans(workers: list[WorkerRecord]) -> list[int]:
-    """SIGKILL workers a killed run left behind (only processes that still look like ``serve``)."""
-    killed = []
-    for worker in workers:
-        try:
-            cmdline = Path(f"/proc/{worker.pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"serve" in cmdline and str(worker.url.rsplit(":", 1)[-1]).encode() in cmdline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker.pid, signal.SIGKILL)
-                killed.append(worker.pid)
-    return killed
 
 
 class LocalRun:
@@ -171,7 +162,7 @@ class LocalRun:
         self.state = self.state.model_copy(update={"workers": workers, "updated_at": self.clock()})
         save_state(self.options.state_file, self.state)
 
-    def _set_phase(self, phase: str, message: str = "") -> None:
+    def _set_phase(self, phase: Phase, message: str = "") -> None:
         self.state = self.state.model_copy(update={"phase": phase})
         self.message = message
         self._save()
@@ -204,27 +195,21 @@ class LocalRun:
         return self.status().model_dump(mode="json")
 
     # --- evaluation ----------------------------------------------------------------------
-    async def _prompts_for_evaluation(self, from_traffic: bool) -> Path:
-        wanted = self.spec.evaluation.prompts_per_candidate
-        source = self.spec.evaluation.prompts
-        prompts: list[str] = []
-        if source.inline is not None:
-            prompts = list(source.inline)
-        elif from_traffic and self.serving.worker is not None:
-            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):
-                response = await self.client.get(self.serving.worker.url + RECENT_PROMPTS_PATH, timeout=10.0)
-                response.raise_for_status()
-                prompts = [p for p in response.json()["prompts"] if isinstance(p, str) and p.strip()]
-        if not prompts:  # no traffic yet: the worker's built-in prompts, as in the operator
-            prompts = [line for line in packaged_prompts_path().read_text().splitlines() if line.strip()]
-        path = self.options.log_dir / "evaluation-prompts.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # One prompt per line: a newline inside a recorded prompt would split it.
-        path.write_text("\n".join(p.replace("\n", " ") for p in prompts[-wanted:]) + "\n", encoding="utf-8")
-        return path
+    async def _recent_prompts(self) -> list[str]:
+        """Prompts the serving worker recorded; none if it has none or cannot say."""
+        if self.serving.worker is None:
+            return []
+        try:
+            response = await self.client.get(self.serving.worker.url + RECENT_PROMPTS_PATH, timeout=10.0)
+            response.raise_for_status()
+            return [p for p in response.json()["prompts"] if isinstance(p, str)]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return []
 
     async def evaluate(self, from_traffic: bool) -> list[EvaluationReport]:
-        prompts_file = await self._prompts_for_evaluation(from_traffic)
+        recent = await self._recent_prompts() if from_traffic else []
+        prompts = evaluation_prompts(self.spec, recent)
+        prompts_file = write_prompts(self.options.log_dir / "evaluation-prompts.txt", prompts)
         jobs = [
             EvaluationJob(
                 name=candidate.name,

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from helios_operator.local.state import WorkerRecord
+
 READY_POLL_SECONDS = 0.25
 LOG_TAIL_CHARS = 1500
 _PR_SET_PDEATHSIG = 1
@@ -206,3 +208,18 @@ class Supervisor:
 
     async def stop(self, worker: WorkerProcess) -> int | None:
         return await worker.stop(self.drain_timeout)
+
+
+def reap_orphans(workers: list[WorkerRecord]) -> list[int]:
+    """SIGKILL workers a killed run left behind (only processes that still look like ``serve``)."""
+    killed = []
+    for worker in workers:
+        try:
+            cmdline = Path(f"/proc/{worker.pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in cmdline and str(worker.url.rsplit(":", 1)[-1]).encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, signal.SIGKILL)
+                killed.append(worker.pid)
+    return killed
