@@ -256,6 +256,8 @@ def test_evaluation_hook_and_metrics_registry(client, live):
     live.app.state.evaluation_provider = lambda: {"status": "running", "completed": 0, "total": 1}
     try:
         assert client.get("/v1/helios/evaluation").json()["status"] == "running"
+        live.app.state.evaluation_provider = lambda: [{"model": "a"}]  # passed through as given
+        assert client.get("/v1/helios/evaluation").json() == [{"model": "a"}]
     finally:
         live.app.state.evaluation_provider = None
     Counter("helios_test_marker", "registered by a test", registry=live.app.state.registry).inc()

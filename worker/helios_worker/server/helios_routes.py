@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 
 from helios_worker.server.errors import APIError
 from helios_worker.server.openai_routes import ERROR_RESPONSES, Worker
@@ -75,10 +76,14 @@ async def recent_prompts(worker: Worker) -> RecentPromptsResponse:
     return RecentPromptsResponse(capacity=worker.recent_prompts.capacity, prompts=worker.recent_prompts.snapshot())
 
 
-@router.get("/evaluation")
-async def evaluation(request: Request) -> dict[str, Any]:
-    """The evaluation report provider's answer (``app.state.evaluation_provider``), in evaluation mode."""
+@router.get("/evaluation", response_model=Any)
+async def evaluation(request: Request) -> JSONResponse:
+    """The evaluation report provider's answer (``app.state.evaluation_provider``), in evaluation mode.
+
+    Passed through as the provider returns it (an object or a list): its shape is a contract
+    between the evaluation mode and the operator, not this router's.
+    """
     provider = getattr(request.app.state, "evaluation_provider", None)
     if provider is None:
         raise APIError(404, "no evaluation in this worker", code="no_evaluation")
-    return provider()
+    return JSONResponse(provider())
