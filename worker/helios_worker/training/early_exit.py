@@ -18,7 +18,7 @@ import importlib
 import inspect
 import json
 import math
-import re
+import random
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -59,12 +59,13 @@ MAX_WEIGHT_BYTES = 16_000_000
 
 # Every eighth Python-docs topic (sorted by name) is held out for the profile and prompts.
 HELD_OUT_EVERY = 8
+NUM_STRUCTURED_DOCUMENTS = 4000
 EXIT_THRESHOLD = 0.8
 NUM_PROFILE_WINDOWS = 64
 NUM_PROMPT_NEW_TOKENS = 16
 NUM_IN_DOMAIN_PROMPTS = 40
 PROMPT_WORDS = 10
-SAMPLE_PROMPT = "The return statement"
+SAMPLE_PROMPT = "count from 41 : 41 42"
 
 # Modules whose docstrings add prose and code to the corpus; importing them has no side
 # effects (unlike e.g. `antigravity`) and they exist on every CPython 3.11 build.
@@ -91,12 +92,50 @@ class LayerProfile:
 
 
 def build_corpus() -> Corpus:
-    """Python docs topics plus stdlib docstrings; held-out text is docs topics only."""
+    """Structured task text (where a small model can become confident) plus Python's docs.
+
+    Natural prose is too hard for a 2M-parameter model to predict confidently, so it alone
+    would never exit early at a useful threshold. The structured lines mix token kinds of
+    graded difficulty: successors (a bigram: layer 1 can learn them), copies of an earlier
+    phrase (needs attention, so deeper layers), and fresh random words (never confident). Every
+    eighth docs topic is held out; held-out structured text comes from another seed.
+    """
     train, held_out = [], []
     for index, name in enumerate(sorted(PYTHON_DOC_TOPICS)):
         is_held_out = index % HELD_OUT_EVERY == HELD_OUT_EVERY - 1
         (held_out if is_held_out else train).append(PYTHON_DOC_TOPICS[name])
+    train += structured_documents(random.Random(1), NUM_STRUCTURED_DOCUMENTS)
+    held_out += structured_documents(random.Random(2), NUM_STRUCTURED_DOCUMENTS // 8)
     return Corpus(train=train + stdlib_docstrings(), held_out=held_out)
+
+
+WORDS = (
+    *("red", "blue", "green", "amber", "fox", "cat", "owl", "wolf", "runs", "sits", "jumps", "sleeps"),
+    *("over", "under", "near", "far", "quick", "slow", "small", "large", "river", "stone", "cloud"),
+    *("light", "pod", "node", "queue", "layer", "token", "model", "cache", "batch", "exit"),
+)
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def structured_line(rng: random.Random) -> str:
+    kind = rng.randrange(4)
+    if kind == 0:  # successors: every number after the first two is a pure bigram
+        start = rng.randrange(0, 900)
+        numbers = " ".join(str(start + i) for i in range(rng.randrange(8, 24)))
+        return f"count from {start} : {numbers}"
+    if kind == 1:  # copies: the phrase is random once, then predictable by attention
+        phrase = " ".join(rng.choice(WORDS) for _ in range(rng.randrange(2, 5)))
+        return "repeat : " + " | ".join([phrase] * rng.randrange(3, 6))
+    if kind == 2:  # alphabet walk from a random letter
+        start = rng.randrange(0, 16)
+        return "letters : " + " ".join(LETTERS[start : start + rng.randrange(6, 11)])
+    # spelling: a random word, then its letters
+    word = rng.choice(WORDS)
+    return f"spell {word} : " + " ".join(word)
+
+
+def structured_documents(rng: random.Random, count: int) -> list[str]:
+    return ["\n".join(structured_line(rng) for _ in range(rng.randrange(4, 12))) for _ in range(count)]
 
 
 def stdlib_docstrings() -> list[str]:
@@ -336,20 +375,14 @@ def mean_first_confident_layer(
 
 
 def held_out_prompts(held_out: list[str]) -> list[str]:
-    """Openings of long sentences from held-out prose (not headings, grammar rules or code)."""
+    """Openings of held-out structured lines: the in-domain traffic where early exits happen."""
+    rng = random.Random(3)
     prompts = []
-    for text in held_out:
-        for paragraph in text.split("\n\n"):
-            if not paragraph[:1].isalpha() or "::=" in paragraph:
-                continue
-            for sentence in re.split(r"(?<=[.!?])\s+", " ".join(paragraph.split())):
-                words = sentence.split()
-                # Long sentences only, so each prompt stops mid-sentence with text left to predict.
-                if len(words) >= PROMPT_WORDS + 4:
-                    prompts.append(" ".join(words[:PROMPT_WORDS]))
-    # Spread picks over all held-out topics instead of taking the first topics' sentences.
-    stride = max(1, len(prompts) // NUM_IN_DOMAIN_PROMPTS)
-    return prompts[::stride][:NUM_IN_DOMAIN_PROMPTS]
+    while len(prompts) < NUM_IN_DOMAIN_PROMPTS:
+        words = structured_line(rng).split()
+        if len(words) >= 8:  # stop mid-line, with predictable text left to generate
+            prompts.append(" ".join(words[: rng.randrange(5, 8)]))
+    return prompts
 
 
 def read_prompts(path: Path) -> list[str]:
@@ -384,9 +417,11 @@ def render_readme(report: dict) -> str:
 A Llama with {NUM_LAYERS} layers ({report["num_parameters"]:,} parameters, hidden {HIDDEN_SIZE}, tied
 embeddings, {report["dtype"]}) trained for early exit LayerSkip-style: every layer's hidden state goes
 through the shared final norm + LM head, and the loss adds layer l's cross-entropy, weighted l / L, to
-the last layer's. Corpus: Python's own docs (`pydoc_data.topics`) and stdlib docstrings, so it is
-rebuilt offline on any Python 3.11. Byte-level BPE tokenizer with {VOCAB_SIZE} tokens. For tests and
-benchmarks only: it writes Python-docs-flavoured text.
+the last layer's. Corpus: generated structured lines (`count from 41 : 41 42 ...`, `repeat : a b | a b`,
+`letters : c d e`, `spell owl : o w l`: tokens a small model can predict confidently, at different
+depths) plus Python's own docs (`pydoc_data.topics`) and stdlib docstrings (prose it cannot), so it
+is rebuilt offline on any Python 3.11. Byte-level BPE tokenizer with {VOCAB_SIZE} tokens. For tests and
+benchmarks only: structured prompts exit early, prose reaches the last layer (a workload shift).
 
 Made by (from `worker/`, {report["num_steps"]} steps in {report["train_minutes"]:.1f} minutes on a shared
 CPU (one thread), seed {report["seed"]}, last-layer train loss {report["final_loss"]:.3f}):
@@ -395,7 +430,7 @@ CPU (one thread), seed {report["seed"]}, last-layer train loss {report["final_lo
 
 `--steps {report["num_steps"]}` in place of `--minutes` repeats the same run on the same torch version.
 
-## Exit profile on held-out Python docs ({report["num_profile_tokens"]} tokens)
+## Exit profile on held-out text (mostly Python docs prose) ({report["num_profile_tokens"]} tokens)
 
 Agreement: fraction of tokens whose argmax at that layer equals the last layer's. Confident: max softmax
 prob >= {EXIT_THRESHOLD}. Accuracy: argmax equals the true next token.
@@ -424,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
     corpus = build_corpus()
     tokenizer = train_tokenizer(corpus.train)
     stream = prepare_token_stream(tokenizer, corpus.train)
-    print(f"corpus: {len(stream)} training tokens, {len(corpus.held_out)} held-out topics", flush=True)
+    print(f"corpus: {len(stream)} training tokens, {len(corpus.held_out)} held-out documents", flush=True)
     num_steps = args.steps or estimate_num_steps(tokenizer, stream, args.minutes)
     started = time.perf_counter()
     model, final_loss = train(tokenizer, stream, num_steps, args.seed)
