@@ -256,6 +256,15 @@ async def main(args: argparse.Namespace) -> int:
     if args.plot and helios.status is not None:
         first_point = helios.status.series[0].at if helios.status.series else load_started
         plot(helios.status, args.shift_at, first_point, args.plot)
+    notes = [
+        "`same text as full depth`: share of requests whose greedy completion equals the full-depth completion "
+        "of the model that served it, for the same prompt (request level: one differing token changes the rest).",
+    ]
+    if helios.status is not None and not helios.status.series:
+        notes.append(
+            "HELIOS got no telemetry from its worker in this run (see the error entries below), so it served its "
+            "first selection without adapting: no breach-driven layer changes or switches could happen."
+        )
     command = "python bench/e2e_bench.py " + shlex.join(sys.argv[1:])
     section = "\n".join(
         [
@@ -268,6 +277,8 @@ async def main(args: argparse.Namespace) -> int:
             f"Ratios (x) are against `{baseline_name}` (higher is better; latency ratio = baseline / system).",
             "",
             result,
+            "",
+            *(f"- {note}" for note in notes),
             "",
             "HELIOS decisions and events:",
             "",
