@@ -218,3 +218,38 @@ def test_rewrite_model_only_touches_json_objects():
     assert json.loads(rewrite_model(b'{"prompt": "x"}', "w"))["model"] == "w"
     assert rewrite_model(b"not json", "w") == b"not json"
     assert rewrite_model(b"[1]", "w") == b"[1]"
+
+
+async def _sse_app(scope, receive, send):
+    """Three SSE events 0.3 s apart, then [DONE]."""
+    await receive()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]})
+    for number in range(3):
+        event = json.dumps({"choices": [{"text": str(number)}]})
+        await send({"type": "http.response.body", "body": f"data: {event}\n\n".encode(), "more_body": True})
+        await asyncio.sleep(0.3)
+    await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+@pytest.mark.timeout(TEST_TIMEOUT)
+def test_streaming_responses_pass_through_as_they_come():
+    async def body(proxy, server, client):
+        port = free_port()
+        backend, task = await serve_app(_sse_app, port)
+        proxy.set_backend(Backend(url=f"http://127.0.0.1:{port}", model="m", model_id="m"))
+        arrivals = []
+        began = asyncio.get_running_loop().time()
+        async with client.stream("POST", f"{server.url}/v1/completions", json={"stream": True}) as response:
+            content_type = response.headers["content-type"]
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    arrivals.append((asyncio.get_running_loop().time() - began, line))
+        backend.should_exit = True
+        await task
+        return content_type, arrivals
+
+    content_type, arrivals = asyncio.run(_with_proxy(body))
+    assert content_type.startswith("text/event-stream")
+    assert [line for _, line in arrivals][-1] == "data: [DONE]"
+    assert len(arrivals) == 4
+    assert arrivals[0][0] < 0.25 < arrivals[-1][0]  # the first event arrived before the stream ended
