@@ -152,14 +152,18 @@ def test_evaluation_crash_is_retried_and_bad_input_is_not(tmp_path: Path, monkey
         EvaluationJob, "command", lambda job: [sys.executable, str(script), job.model_ref], raising=True
     )
     messages: list[str] = []
+    failures: list[str] = []
 
     def job(ref: str) -> EvaluationJob:
         return EvaluationJob(name="alpha", model_ref=ref, prompts_file=tmp_path, max_new_tokens=4, exit_threshold=0.8)
 
-    reports = asyncio.run(evaluate_all([job("good")], attempts=3, backoff=0.05, progress=messages.append))
+    reports = asyncio.run(
+        evaluate_all([job("good")], attempts=3, backoff=0.05, progress=messages.append, on_failure=failures.append)
+    )
     assert [r.model for r in reports] == ["alpha"]
     assert counter.read_text() == "2"
     assert any("status 137" in m and "retrying" in m for m in messages)
+    assert len(failures) == 1 and "Killed" in failures[0]  # the stderr tail says why
 
     counter.unlink()
     with pytest.raises(EvaluationFailed, match="unknown model") as raised:

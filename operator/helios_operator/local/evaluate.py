@@ -132,8 +132,12 @@ async def evaluate_all(
     attempts: int = 3,
     backoff: float = 2.0,
     progress: Progress | None = None,
+    on_failure: Progress | None = None,
 ) -> list[EvaluationReport]:
-    """A report per job, in order; EvaluationFailed once a job has failed ``attempts`` times."""
+    """A report per job, in order; EvaluationFailed once a job has failed ``attempts`` times.
+
+    ``progress`` hears every step; ``on_failure`` only each failed attempt that is retried.
+    """
     say = progress or (lambda _message: None)
     reports = []
     for number, job in enumerate(jobs, 1):
@@ -145,7 +149,10 @@ async def evaluate_all(
             except EvaluationFailed as error:
                 if not error.is_retryable or attempt == attempts:
                     raise
-                say(f"{error}; retrying in {backoff * 2 ** (attempt - 1):g} s")
+                retry = f"{error}; retrying in {backoff * 2 ** (attempt - 1):g} s"
+                say(retry)
+                if on_failure is not None:
+                    on_failure(retry)
                 await asyncio.sleep(backoff * 2 ** (attempt - 1))
         say(f"evaluated {job.name} ({number}/{len(jobs)})")
     return reports

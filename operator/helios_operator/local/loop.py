@@ -232,6 +232,7 @@ class LocalRun:
                 attempts=self.options.attempts,
                 backoff=self.options.backoff,
                 progress=progress,
+                on_failure=lambda message: self._log("error", message),
             )
         except EvaluationFailed as error:
             self._log("error", f"evaluation failed: {error}")
