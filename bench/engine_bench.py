@@ -104,11 +104,13 @@ def run_hf(loaded: LoadedModel, prompts: list[list[int]], new_tokens: int, args)
     model.generate(ids, max_new_tokens=1, **kwargs)
     sync(device)
     ttft = time.perf_counter() - start
-    start = time.perf_counter()
-    # min_new_tokens: like our runs' ignore_eos, every row makes exactly new_tokens tokens
-    out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
-    sync(device)
-    elapsed = time.perf_counter() - start
+    elapsed = float("inf")
+    for _ in range(args.repeats):  # best of N: the machine may be shared
+        start = time.perf_counter()
+        # min_new_tokens: like our runs' ignore_eos, every row makes exactly new_tokens tokens
+        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
+        sync(device)
+        elapsed = min(elapsed, time.perf_counter() - start)
     tokens = [row[width:].tolist() for row in out]
     n = loaded.num_layers_total
     return Run(
@@ -126,10 +128,13 @@ def run_engine(
     engine.generate(prompts[:1], SamplingParams(max_new_tokens=2, ignore_eos=True))  # warm-up
     reset_peak(device)
     sync(device)
-    start = time.perf_counter()
-    outputs = engine.generate(prompts, params)
-    sync(device)
-    elapsed = time.perf_counter() - start
+    elapsed = float("inf")
+    for _ in range(args.repeats):  # best of N: the machine may be shared
+        start = time.perf_counter()
+        candidate = engine.generate(prompts, params)
+        sync(device)
+        if time.perf_counter() - start < elapsed:
+            elapsed, outputs = time.perf_counter() - start, candidate
     ttfts = [o.first_token_time - o.arrival_time for o in outputs]
     tpots = [(o.finish_time - o.first_token_time) / max(1, len(o.token_ids) - 1) for o in outputs]
     exits = [layer for o in outputs for layer in o.exit_layers]
@@ -145,12 +150,15 @@ def run_engine(
     return run, engine
 
 
-def agreement(tokens: list[list[int]], reference: list[list[int]]) -> float:
-    """Fraction of generated positions equal to full depth (positions after a divergence count too)."""
+def agreement(full: LoadedModel, prompts: list[list[int]], tokens: list[list[int]]) -> float:
+    """Per-token agreement with full depth, teacher-forced: the share of emitted tokens equal to the
+    full model's greedy choice after the same prefix (one divergence does not count the rest)."""
     same = total = 0
-    for row, ref in zip(tokens, reference, strict=True):
-        same += sum(a == b for a, b in zip(row, ref, strict=False))
-        total += len(ref)
+    for prompt, row in zip(prompts, tokens, strict=True):
+        ids = torch.tensor([prompt + row], device=full.device)
+        choices = full.model(ids).logits[0, len(prompt) - 1 : -1].argmax(-1).tolist()
+        same += sum(a == b for a, b in zip(row, choices, strict=True))
+        total += len(row)
     return same / total
 
 
@@ -182,7 +190,7 @@ def bench_model(ref: str, args) -> list[tuple[str, list[Run]]]:
             del truncated
             gc.collect()
         for run in runs:
-            run.agreement = agreement(run.token_ids, b.token_ids)
+            run.agreement = agreement(full, prompts, run.token_ids)
         tables.append((f"{ref}, batch {batch}", runs))
     return tables
 
@@ -235,6 +243,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompts", type=Path, default=None)
     parser.add_argument("--context", type=int, default=2048, help="tokens per sequence for max-batch")
     parser.add_argument("--memory-budget", type=lambda s: int(float(s) * (1 << 30)), default=8 << 30, help="GiB")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per config; the fastest counts")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default=None, help="e.g. bfloat16 (default float32 on CPU, bf16 on CUDA)")
     return parser.parse_args(argv)
@@ -242,12 +252,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"machine: {machine(args.device)}")
     print(f"command: python bench/engine_bench.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(
-        f"settings: {args.new_tokens} new tokens, threshold {args.threshold}, exit test every {args.exit_every} "
-        f"layer(s), memory budget {args.memory_budget / (1 << 30):.0f} GiB, context {args.context}\n"
+        f"settings: best of {args.repeats} runs, {args.new_tokens} new tokens, threshold {args.threshold}, "
+        f"exit test every {args.exit_every} layer(s), "
+        f"memory budget {args.memory_budget / (1 << 30):.0f} GiB, context {args.context}\n"
     )
     with torch.inference_mode():
         for ref in args.model or ["helios-ee-tiny"]:

@@ -40,6 +40,7 @@ class EngineConfig:
     exit_threshold: float = 0.8
     early_exit: bool = True
     min_exit_layer: int = 1
+    max_prefill_tokens: int = 8192  # padded prompt tokens one step may prefill together
     exit_layers: tuple[int, ...] | None = None  # explicit 1-based exit layers; overrides min_exit_layer
     # Evaluation mode: run every layer for every token, recording the head's confidence and top
     # token at each layer (TokenStats.layer_confidences / layer_tokens); tokens exit only at L.
@@ -163,12 +164,9 @@ class Engine:
         """
         start = time.perf_counter()
         decoding = list(self.running)
-        admitted = []
-        while self.waiting and self.free_slots:
-            seq = self.waiting.popleft()
-            seq.slot = self.free_slots.pop(0)
-            self._prefill(seq)
-            admitted.append(seq)
+        admitted = self._admit()
+        if admitted:
+            self._prefill(admitted)
         num_layer_evals = self._decode(decoding) if decoding else 0
         self.running = [s for s in decoding + admitted if not s.output.finished]
         stats = StepStats(
@@ -213,28 +211,52 @@ class Engine:
             self._fill_kv(range(old, num_layers), hidden, slots, positions[None])
 
     # --- the hot path -------------------------------------------------------------------
-    def _prefill(self, seq: Sequence) -> None:
-        """Run the whole prompt through all active layers; the last position picks the first token."""
-        prompt = seq.output.prompt_token_ids
-        n = len(prompt)
+    def _admit(self) -> list[Sequence]:
+        """Waiting requests that get a slot now, within the prefill token budget (padded size)."""
+        admitted: list[Sequence] = []
+        longest = 0
+        while self.waiting and self.free_slots:
+            longest_if_added = max(longest, len(self.waiting[0].output.prompt_token_ids))
+            if admitted and longest_if_added * (len(admitted) + 1) > self.config.max_prefill_tokens:
+                break
+            seq = self.waiting.popleft()
+            seq.slot = self.free_slots.pop(0)
+            admitted.append(seq)
+            longest = longest_if_added
+        return admitted
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        """Run the prompts through all active layers together; each last position picks a first token.
+
+        Prompts are right-padded to the longest. Pad positions only see real keys before them,
+        and the K/V they leave in the cache sit at positions each row's decode overwrites
+        before it ever reads them (decode writes position p, then attends to 0..p).
+        """
         device = self.loaded.device
-        input_ids = torch.tensor([prompt], device=device)  # [1, seq]
-        positions = torch.arange(n, device=device)[None]  # [1, seq]
-        slots = torch.tensor([seq.slot], device=device)
-        hidden = self.family.embed(self.model, input_ids, positions)  # [1, seq, hidden]
+        lengths = [len(s.output.prompt_token_ids) for s in seqs]
+        width = max(lengths)
+        input_ids = torch.zeros(len(seqs), width, dtype=torch.long, device=device)  # [rows, seq]
+        for row, seq in enumerate(seqs):
+            input_ids[row, : lengths[row]] = torch.tensor(seq.output.prompt_token_ids, device=device)
+        positions = torch.arange(width, device=device).expand(len(seqs), width)  # [rows, seq]
+        slots = torch.tensor([s.slot for s in seqs], device=device)
+        last = torch.tensor(lengths, device=device) - 1  # [rows]: each prompt's last position
+        hidden = self.family.embed(self.model, input_ids, positions)  # [rows, seq, hidden]
         pos_in = self.family.position_inputs(self.model, hidden, positions)
-        mask = torch.full((n, n), torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=device)
-        mask = mask.triu(1)[None, None]  # [1, 1, seq, seq] additive causal mask
-        self.cache.bind(slots, positions, n)
+        mask = torch.full((width, width), torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=device)
+        mask = mask.triu(1)[None, None]  # [1, 1, seq, seq] additive causal mask, shared by all rows
+        self.cache.bind(slots, positions, width)
         exit_layers = set(self.exit_layers)
-        row = torch.zeros(1, dtype=torch.long, device=device)
-        is_decided = False  # the first token is chosen; the prompt still runs every layer for its KV
+        undecided = torch.arange(len(seqs), device=device)  # rows whose first token is not chosen yet
         for index, layer in enumerate(self.loaded.layers[: self.active_layers]):
             hidden = self.family.run_layer(layer, hidden, mask, positions, pos_in, self.cache)
-            if not is_decided and index + 1 in exit_layers:
-                is_decided = bool(self._exit_test([seq], row, hidden[:, -1:], index + 1)[0])
-        self.exit_hidden[seq.slot, :n] = hidden[0]
-        seq.num_cached = n
+            if undecided.numel() and index + 1 in exit_layers:
+                last_states = hidden[undecided, last[undecided]][:, None]  # [undecided, 1, hidden]
+                decided = self._exit_test(seqs, undecided, last_states, index + 1)
+                undecided = undecided[~decided]
+        for row, seq in enumerate(seqs):
+            self.exit_hidden[seq.slot, : lengths[row]] = hidden[row, : lengths[row]]
+            seq.num_cached = lengths[row]
 
     def _decode(self, seqs: list[Sequence]) -> int:
         """One token for each of ``seqs``; returns the number of decoder layers computed (rows x layers)."""
