@@ -52,6 +52,8 @@ class Outcome:
     results: list[RequestResult]
     startup_seconds: float
     status: RunStatus | None = None
+    load_started: datetime | None = None
+    load_average: float | None = None
     agreement: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -109,7 +111,7 @@ async def run_static(args: argparse.Namespace, name: str, ref: str, early_exit: 
         finally:
             await supervisor.stop(worker)
     label = f"{name}/{'ee-all' if early_exit else 'full'}"
-    return Outcome(label, report, results, startup)
+    return Outcome(label, report, results, startup, load_average=_load_average())
 
 
 async def run_helios(args: argparse.Namespace, work_dir: Path) -> Outcome:
@@ -134,6 +136,7 @@ async def run_helios(args: argparse.Namespace, work_dir: Path) -> Outcome:
                         break
                 await asyncio.sleep(0.5)
             startup = time.monotonic() - began
+            load_started = datetime.now(UTC)
             report, results = await run_load(_workload(args, url))
             status = RunStatus.model_validate((await client.get(url + STATUS_PATH)).json())
         process.send_signal(signal.SIGTERM)
@@ -142,7 +145,9 @@ async def run_helios(args: argparse.Namespace, work_dir: Path) -> Outcome:
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
-    return Outcome("helios", report, results, startup, status=status)
+    return Outcome(
+        "helios", report, results, startup, status=status, load_started=load_started, load_average=_load_average()
+    )
 
 
 def agreement(outcome: Outcome, references: dict[str, list[RequestResult]]) -> float | None:
@@ -169,8 +174,8 @@ def table(outcomes: list[Outcome], baseline: Outcome) -> str:
     base_p99 = baseline.report.p99_latency_seconds or float("nan")
     lines = [
         "| system | tokens/s | x tok/s | p50 ms | p99 ms | x p50 | x p99 | ok/sent | same text as full depth "
-        "| switches | layer changes | startup s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| switches | layer changes | startup s | load avg |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for outcome in outcomes:
         report = outcome.report
@@ -182,35 +187,64 @@ def table(outcomes: list[Outcome], baseline: Outcome) -> str:
             f"| {(base_p99 / p99) if p99 else float('nan'):.2f} | {report.ok}/{report.sent} "
             f"| {'-' if outcome.agreement is None else f'{outcome.agreement:.2f}'} "
             f"| {status.num_switches if status else '-'} | {status.num_layer_changes if status else '-'} "
-            f"| {outcome.startup_seconds:.0f} |"
+            f"| {outcome.startup_seconds:.0f} "
+            f"| {'-' if outcome.load_average is None else f'{outcome.load_average:.1f}'} |"
         )
     return "\n".join(lines)
 
 
-def plot(status: RunStatus, shift_at: float, load_started: datetime, path: Path) -> None:
+def plot(status: RunStatus, shift_at: float, load_started: datetime, load_seconds: float, path: Path) -> None:
+    """Loaded layers and the breach rate over the workload.
+
+    Layers come from the worker scrapes; without any (no telemetry) from the decisions in the
+    log, and the breach rate is then left out rather than drawn as zero.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [p for p in status.series if p.at >= load_started]
-    if not points:
-        return
-    seconds = [(p.at - load_started).total_seconds() for p in points]
+    def offset(at: datetime) -> float:
+        return (at - load_started).total_seconds()
+
+    points = [p for p in status.series if offset(p.at) >= 0]
     figure, layers_axis = plt.subplots(figsize=(8, 3.5))
-    layers_axis.step(seconds, [p.layers for p in points], where="post", color="tab:blue", label="layers loaded")
+    if points:
+        times, layers = [offset(p.at) for p in points], [p.layers for p in points]
+    else:
+        changes = [e for e in status.log if e.kind in ("select", "add_layers", "drop_layers", "switch_model")]
+        times = [max(0.0, offset(e.at)) for e in changes] + [load_seconds]
+        layers = [e.layers or 0 for e in changes] + [changes[-1].layers or 0 if changes else 0]
+    layers_axis.step(times, layers, where="post", color="tab:blue")
     layers_axis.set_xlabel("seconds into the workload")
     layers_axis.set_ylabel("layers loaded", color="tab:blue")
-    breach_axis = layers_axis.twinx()
-    breach_axis.plot(seconds, [p.window_breach_rate for p in points], color="tab:red", label="breach rate (window)")
-    breach_axis.set_ylabel("breach rate in window", color="tab:red")
-    breach_axis.set_ylim(0, 1.05)
+    layers_axis.set_xlim(0, load_seconds)
+    layers_axis.set_ylim(0, max(layers, default=1) + 1)
+    if points:
+        breach_axis = layers_axis.twinx()
+        breach_axis.plot(times, [p.window_breach_rate for p in points], color="tab:red")
+        breach_axis.set_ylabel("breach rate in window", color="tab:red")
+        breach_axis.set_ylim(0, 1.05)
+    else:
+        layers_axis.text(
+            0.5,
+            0.1,
+            "no worker telemetry: breach rate unknown",
+            transform=layers_axis.transAxes,
+            ha="center",
+            color="tab:red",
+        )
     layers_axis.axvline(shift_at, color="grey", linestyle="--")
-    layers_axis.text(shift_at, layers_axis.get_ylim()[1], " prompt shift", va="top", color="grey")
-    models = sorted({p.model for p in points})
-    layers_axis.set_title(f"HELIOS on a shifting workload (models served: {', '.join(models)})")
+    layers_axis.text(shift_at, 0.5, " prompt shift", color="grey")
+    models = sorted({p.model for p in points} or {e.model for e in status.log if e.model})
+    layers_axis.set_title(f"HELIOS on a shifting workload (served: {', '.join(models)})")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+
+
+def _load_average() -> float | None:
+    """1-minute load average (the CPU is shared: a busy neighbour shows up here)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def machine() -> str:
@@ -236,9 +270,7 @@ async def main(args: argparse.Namespace) -> int:
             if not early_exit:
                 references[name] = outcome.results
     print("running helios run ...", file=sys.stderr)
-    load_started = datetime.now(UTC)
     helios = await run_helios(args, work_dir)
-    load_started = helios.status.series[0].at if helios.status and helios.status.series else load_started
     outcomes.append(helios)
     for outcome in outcomes:
         outcome.agreement = agreement(outcome, references)
@@ -253,9 +285,8 @@ async def main(args: argparse.Namespace) -> int:
         for e in (helios.status.log if helios.status else [])
         if e.kind not in ("hold",)
     ]
-    if args.plot and helios.status is not None:
-        first_point = helios.status.series[0].at if helios.status.series else load_started
-        plot(helios.status, args.shift_at, first_point, args.plot)
+    if args.plot and helios.status is not None and helios.load_started is not None:
+        plot(helios.status, args.shift_at, helios.load_started, helios.report.duration_seconds, args.plot)
     notes = [
         "`same text as full depth`: share of requests whose greedy completion equals the full-depth completion "
         "of the model that served it, for the same prompt (request level: one differing token changes the rest).",
