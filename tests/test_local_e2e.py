@@ -22,6 +22,8 @@ import pytest
 
 from helios_operator.local.config import packaged_prompts_path
 from helios_operator.local.loadgen import LoadSettings, run_load
+from helios_operator.local.proxy import STATUS_PATH
+from helios_operator.local.snapshot import RunStatus
 from helios_operator.local.state import RunState, load_state
 from helios_operator.local.supervisor import free_port
 
@@ -129,6 +131,12 @@ def test_run_serves_a_shifting_workload_and_resumes_after_kill_9(tmp_path: Path)
         report, _ = asyncio.run(run_load(settings))
         assert report.sent >= 5 and report.failed == 0, report.errors
         assert report.before_shift.ok > 0 and report.after_shift.ok > 0
+
+        # The loop read the real worker's /metrics: the traffic shows up as scraped tokens.
+        status = RunStatus.model_validate(httpx.get(url + STATUS_PATH, timeout=10).json())
+        assert sum(point.num_new_tokens for point in status.series) > 0
+        assert {point.model for point in status.series} == {"ee-tiny"}
+        assert status.num_failed == 0
 
         state = _state(tmp_path)
         kinds = [entry.kind for entry in state.log]
