@@ -27,6 +27,7 @@ class FakeWorker:
     requests: int = 0
     is_metrics_down: bool = False
     reports: list[EvaluationReport] | None = None  # None: still evaluating
+    evaluation_failure: str | None = None  # set: the evaluation failed, for this reason
     prompts: list[str] = field(default_factory=list)
     posted_layers: list[int] = field(default_factory=list)
     url: str = ""
@@ -66,10 +67,16 @@ class FakeWorker:
         self.layers = layers
         return aiohttp.web.json_response({"layers": layers})
 
-    async def _evaluation(self, _: aiohttp.web.Request) -> aiohttp.web.Response:
+    def evaluation_status(self) -> dict[str, Any]:
+        """What ``EvaluationService.provider`` of a real worker in evaluation mode answers."""
+        if self.evaluation_failure is not None:
+            return {"status": "failed", "reason": self.evaluation_failure}
         if self.reports is None:
-            return aiohttp.web.json_response({"status": "running"})
-        return aiohttp.web.json_response([report.model_dump(mode="json") for report in self.reports])
+            return {"status": "running", "current": self.model, "completed": 0, "total": 1}
+        return {"status": "done", "reports": [report.model_dump(mode="json") for report in self.reports]}
+
+    async def _evaluation(self, _: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.json_response(self.evaluation_status())
 
     async def _prompts(self, _: aiohttp.web.Request) -> aiohttp.web.Response:
         return aiohttp.web.json_response({"prompts": self.prompts})

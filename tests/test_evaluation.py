@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from helios_worker.evaluation import (
 )
 from helios_worker.evaluation_service import EvaluationService
 from helios_worker.loading import load_model
+from helios_worker.server.settings import ServerSettings
 from helios_worker.stats import RequestOutput
 
 ASSETS = Path(helios_worker.__file__).parent / "assets"
@@ -186,18 +188,36 @@ def test_evaluation_service_reports_through_its_provider(tiny_model) -> None:
     assert state["status"] == "failed" and "/nonexistent/model" in state["reason"]
 
 
-def test_evaluation_service_from_env(tmp_path: Path) -> None:
-    assert EvaluationService.from_env({}) is None
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text("one\n\ntwo\n")
-    service = EvaluationService.from_env(
+def test_evaluation_service_reads_the_operator_env() -> None:
+    settings = ServerSettings(mode="evaluate", model="/m/own", served_model_name="own", exit_threshold=0.6)
+    service = EvaluationService.from_settings(
+        settings,
         {
-            "HELIOS_EVALUATE_CANDIDATES": "a=/m/a,/m/b",
-            "HELIOS_EVALUATE_PROMPTS_FILE": str(prompts),
-            "HELIOS_EVALUATE_MAX_NEW_TOKENS": "5",
-        }
+            "HELIOS_EVAL_CANDIDATES": json.dumps(
+                [{"name": "a", "model": "/m/a"}, {"name": "b", "model": "org/b", "revision": "v2"}]
+            ),
+            "HELIOS_EVAL_PROMPTS": '["one", " ", "two"]',
+            "HELIOS_MAX_NEW_TOKENS": "5",
+        },
     )
-    assert service.candidates == [("a", "/m/a"), ("/m/b", "/m/b")] and service.prompts == ["one", "two"]
-    assert service.settings == {"max_new_tokens": 5, "exit_threshold": 0.8, "device": "cpu"}
-    with pytest.raises(ValueError, match="HELIOS_EVALUATE_"):
-        EvaluationService.from_env({"HELIOS_EVALUATE_CANDIDATES": "a", "HELIOS_EVALUATE_EXIT_THRESHOLD": "high"})
+    assert service.candidates == [("a", "/m/a"), ("b", "org/b@v2")] and service.prompts == ["one", "two"]
+    assert service.settings == {"max_new_tokens": 5, "exit_threshold": 0.6, "device": "cpu"}
+    # Nothing set: the worker's own model, the packaged prompts (also for an empty list).
+    default = EvaluationService.from_settings(settings, {"HELIOS_EVAL_PROMPTS": "[]"})
+    assert default.candidates == [("own", "/m/own")] and default.prompts[0] and len(default.prompts) > 3
+    assert default.settings["max_new_tokens"] == 32
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"HELIOS_EVAL_CANDIDATES": "a=/m/a"}, "HELIOS_EVAL_CANDIDATES: Invalid JSON"),
+        ({"HELIOS_EVAL_CANDIDATES": '[{"model": "/m/a"}]'}, "HELIOS_EVAL_CANDIDATES: Field required at 0.name"),
+        ({"HELIOS_EVAL_CANDIDATES": "[]"}, "HELIOS_EVAL_CANDIDATES: the list is empty"),
+        ({"HELIOS_EVAL_PROMPTS": '"one prompt"'}, "HELIOS_EVAL_PROMPTS: Input should be a valid array"),
+        ({"HELIOS_MAX_NEW_TOKENS": "0"}, "HELIOS_MAX_NEW_TOKENS: Input should be greater than 0"),
+    ],
+)
+def test_evaluation_service_names_the_bad_variable(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        EvaluationService.from_settings(ServerSettings(mode="evaluate", model="/m/own"), environ)

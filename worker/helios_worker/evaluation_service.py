@@ -1,41 +1,84 @@
 """A worker in evaluation mode: evaluate candidates in a background thread, report over HTTP.
 
-The server wires it like this (``GET /v1/helios/evaluation`` returns ``provider()``)::
+``helios serve --mode evaluate`` (``HELIOS_MODE=evaluate``, what the operator's evaluation pods
+set) builds one with ``EvaluationService.from_settings(settings, os.environ)``, starts it
+instead of loading a model to serve, and answers ``GET /v1/helios/evaluation`` with
+``provider()``, one of::
 
-    service = EvaluationService.from_env()          # None unless HELIOS_EVALUATE_CANDIDATES is set
-    if service is not None:
-        service.start()
-        app.state.evaluation_provider = service.provider
+    {"status": "pending"}                                              # before start()
+    {"status": "running", "current": name, "completed": k, "total": n}
+    {"status": "done", "reports": [EvaluationReport JSON, ...]}
+    {"status": "failed", "reason": "..."}
 
-``provider()`` is one of ``{"status": "pending"}`` (before ``start``),
-``{"status": "running", "current": name, "completed": k, "total": n}``,
-``{"status": "done", "reports": [EvaluationReport JSON, ...]}`` or
-``{"status": "failed", "reason": "..."}``. Environment (all but candidates optional):
+(the operator's ``workers.EvaluationStatus`` reads it). The environment is the operator's pod
+spec (``manifests.build_evaluation_pod``); this module is its only reader:
 
-- ``HELIOS_EVALUATE_CANDIDATES``: ``REF,NAME=REF,...`` as for ``helios evaluate --candidates``
-- ``HELIOS_EVALUATE_PROMPTS_FILE``: one prompt per line (default: the packaged in-domain prompts)
-- ``HELIOS_EVALUATE_MAX_NEW_TOKENS`` (32), ``HELIOS_EVALUATE_EXIT_THRESHOLD`` (0.8),
-  ``HELIOS_EVALUATE_DEVICE`` (cpu)
+- ``HELIOS_EVAL_CANDIDATES``: JSON list of ``{"name", "model", "revision"?}`` (the spec's
+  candidates); unset: the worker's own ``--model`` / ``HELIOS_MODEL``, named as it serves it
+- ``HELIOS_EVAL_PROMPTS``: JSON list of prompt strings; unset or empty: the packaged
+  in-domain prompts (the operator sends none when the spec asks for recent traffic and there
+  is none yet)
+- ``HELIOS_MAX_NEW_TOKENS``: tokens generated per prompt (default 32)
+
+The exit threshold and device are the server's own settings (``HELIOS_EXIT_THRESHOLD``,
+``HELIOS_DEVICE``).
 """
 
 from __future__ import annotations
 
-import os
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from pydantic import PositiveInt, TypeAdapter, ValidationError
 
 from helios_operator.reports import EvaluationReport
-from helios_worker.evaluation import evaluate_candidates, parse_candidates
+from helios_operator.spec import Candidate
+from helios_worker.evaluation import evaluate_candidates
 
-ENV_PREFIX = "HELIOS_EVALUATE_"
+if TYPE_CHECKING:
+    from helios_worker.gpu import GpuTelemetry
+    from helios_worker.server.settings import ServerSettings
+
+logger = logging.getLogger("helios.evaluation")
+
+CANDIDATES_ENV = "HELIOS_EVAL_CANDIDATES"
+PROMPTS_ENV = "HELIOS_EVAL_PROMPTS"
+MAX_NEW_TOKENS_ENV = "HELIOS_MAX_NEW_TOKENS"
+DEFAULT_MAX_NEW_TOKENS = 32
+
 Evaluate = Callable[..., list[EvaluationReport]]
+_CANDIDATES = TypeAdapter(list[Candidate])
+_PROMPTS = TypeAdapter(list[str])
+_MAX_NEW_TOKENS = TypeAdapter(PositiveInt)
 
 
 def default_prompts_file() -> Path:
     return Path(str(resources.files("helios_worker") / "assets" / "prompts" / "in_domain.txt"))
+
+
+def default_prompts() -> list[str]:
+    return [line for line in default_prompts_file().read_text().splitlines() if line.strip()]
+
+
+def candidate_ref(candidate: Candidate) -> str:
+    """The model reference the loader takes: ``model@revision`` when a revision is pinned."""
+    if candidate.revision and "@" not in candidate.model:
+        return f"{candidate.model}@{candidate.revision}"
+    return candidate.model
+
+
+def _read(environ: Mapping[str, str], name: str, adapter: TypeAdapter[Any]) -> Any:
+    """A JSON-valued variable, validated; ValueError naming the variable."""
+    try:
+        return adapter.validate_json(environ[name])
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ValueError(f"{name}: {first['msg']}{f' at {where}' if where else ''}") from None
 
 
 class EvaluationService:
@@ -44,16 +87,24 @@ class EvaluationService:
         candidates: Sequence[tuple[str, str]],
         prompts: Sequence[str],
         *,
-        max_new_tokens: int = 32,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         exit_threshold: float = 0.8,
         device: str = "cpu",
+        telemetry: GpuTelemetry | None = None,
         evaluate: Evaluate = evaluate_candidates,
     ) -> None:
         if not candidates or not prompts:
             raise ValueError("evaluation needs at least one candidate and one prompt")
+        names = [name for name, _ in candidates]
+        if len(set(names)) != len(names):
+            raise ValueError(f"candidate names must be unique, got {', '.join(names)}")
         self.candidates = list(candidates)
         self.prompts = list(prompts)
         self.settings = {"max_new_tokens": max_new_tokens, "exit_threshold": exit_threshold, "device": device}
+        self.telemetry = telemetry  # energy per token when evaluating on a GPU
+        # Called on the evaluation thread with the reports before the status turns "done"
+        # (a server publishes them as metrics there); an exception in it is logged and ignored.
+        self.on_done: Callable[[list[EvaluationReport]], None] = lambda _reports: None
         self._evaluate = evaluate  # injectable so the threading can be tested without models
         self._lock = threading.Lock()
         self._state: dict[str, Any] = {"status": "pending"}
@@ -61,25 +112,31 @@ class EvaluationService:
         self._thread: threading.Thread | None = None
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> EvaluationService | None:
-        """The service the environment asks for; None if no candidates are set. ValueError if malformed."""
-        env = os.environ if environ is None else environ
-        candidates = env.get(ENV_PREFIX + "CANDIDATES", "").strip()
-        if not candidates:
-            return None
-        prompts_file = Path(env.get(ENV_PREFIX + "PROMPTS_FILE") or default_prompts_file())
-        try:
-            prompts = [line for line in prompts_file.read_text().splitlines() if line.strip()]
-            max_new_tokens = int(env.get(ENV_PREFIX + "MAX_NEW_TOKENS", "32"))
-            exit_threshold = float(env.get(ENV_PREFIX + "EXIT_THRESHOLD", "0.8"))
-        except (OSError, ValueError) as error:
-            raise ValueError(f"bad {ENV_PREFIX}* setting: {error}") from None
+    def from_settings(cls, settings: ServerSettings, environ: Mapping[str, str]) -> EvaluationService:
+        """The evaluation the worker's settings and environment ask for; ValueError naming a bad variable."""
+        if CANDIDATES_ENV in environ:
+            candidates = [(c.name, candidate_ref(c)) for c in _read(environ, CANDIDATES_ENV, _CANDIDATES)]
+            if not candidates:
+                raise ValueError(f"{CANDIDATES_ENV}: the list is empty; give at least one candidate")
+        else:
+            candidates = [(settings.model_name, settings.model_ref)]
+        prompts = _read(environ, PROMPTS_ENV, _PROMPTS) if PROMPTS_ENV in environ else []
+        prompts = [prompt for prompt in prompts if prompt.strip()] or default_prompts()
+        max_new_tokens = DEFAULT_MAX_NEW_TOKENS
+        if MAX_NEW_TOKENS_ENV in environ:
+            max_new_tokens = _read(environ, MAX_NEW_TOKENS_ENV, _MAX_NEW_TOKENS)
+        telemetry = None
+        if settings.device.startswith("cuda"):
+            from helios_worker.gpu import GpuTelemetry
+
+            telemetry = GpuTelemetry.open()
         return cls(
-            parse_candidates(candidates),
+            candidates,
             prompts,
             max_new_tokens=max_new_tokens,
-            exit_threshold=exit_threshold,
-            device=env.get(ENV_PREFIX + "DEVICE", "cpu"),
+            exit_threshold=settings.exit_threshold,
+            device=settings.device,
+            telemetry=telemetry,
         )
 
     def start(self) -> None:
@@ -110,10 +167,17 @@ class EvaluationService:
                 self._current = name
 
         try:
-            reports = self._evaluate(self.candidates, self.prompts, progress=progress, **self.settings)
+            reports = self._evaluate(
+                self.candidates, self.prompts, progress=progress, telemetry=self.telemetry, **self.settings
+            )
         except Exception as error:  # any failure must reach the HTTP caller, not die with the thread
+            logger.error("evaluation failed: %s: %s", type(error).__name__, error)
             state = {"status": "failed", "reason": f"{type(error).__name__}: {error}"}
         else:
+            try:
+                self.on_done(reports)
+            except Exception:  # publishing is a side show: the reports still go out
+                logger.exception("publishing the evaluation reports failed")
             state = {"status": "done", "reports": [report.model_dump(mode="json") for report in reports]}
         with self._lock:
             self._state = state

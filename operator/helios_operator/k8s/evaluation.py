@@ -1,5 +1,9 @@
 """Evaluation rounds (HELIOS step 2): one pod per candidate, polled until every report is in.
 
+A pod whose evaluation failed keeps running and answering ``failed`` with its reason (a
+restart would only repeat it); the round waits, and its progress message, which becomes the
+``Evaluated`` condition's message, says which candidate failed and why.
+
 A round is numbered (``status.evaluationRound``) and its pods carry the number in name and
 labels, so a restarted operator finds the pods of the round in progress instead of making new
 ones, and a new round never collides with a terminating old pod.
@@ -69,11 +73,14 @@ async def poll_round(ctx: Context, round_: int, prompts: list[str]) -> tuple[lis
     )
     reports: dict[str, EvaluationReport] = {}
     problems: list[str] = []
+    failures: list[str] = []
     for candidate, result in zip(ready, results, strict=True):
         if isinstance(result, BaseException):
             problems.append(f"{candidate}: {result}")
-        elif result:
-            for report in result:
+        elif result.status == "failed":
+            failures.append(f"{candidate}: {result.reason or 'no reason given'}")
+        elif result.status == "done":
+            for report in result.reports:
                 normalised = normalise(report, ctx.spec, candidate)
                 reports[normalised.model] = normalised
     waiting = sorted(c.name for c in ctx.spec.candidates if c.name not in reports)
@@ -82,6 +89,8 @@ async def poll_round(ctx: Context, round_: int, prompts: list[str]) -> tuple[lis
     message = (
         f"round {round_}: {len(reports)} of {len(ctx.spec.candidates)} reports in; waiting for {', '.join(waiting)}"
     )
+    if failures:
+        message += f"; evaluation failed for {'; '.join(failures)}"
     if problems:
         message += f" (will retry: {'; '.join(problems)})"
     return None, message

@@ -1,5 +1,9 @@
 """Talking to worker pods: where they are, their evaluation reports, layer changes, recent prompts.
 
+``GET /v1/helios/evaluation`` of a worker in evaluation mode answers an ``EvaluationStatus``:
+``{"status": "pending"|"running"|"done"|"failed", "reports": [...], "reason": ...}`` (the
+worker's ``EvaluationService.provider``; running ones add ``current``/``completed``/``total``).
+
 Every call takes an ``httpx.AsyncClient`` whose timeout bounds it; callers gather calls to
 many pods concurrently. Errors are raised as ``WorkerError`` with the pod's endpoint in the
 message, so a handler can say which pod failed.
@@ -9,19 +13,36 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, Self
 
 import httpx
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from helios_operator.k8s.manifests import ENDPOINT_ANNOTATION
 from helios_operator.reports import EvaluationReport
 
-_REPORTS = TypeAdapter(list[EvaluationReport])
-
 
 class WorkerError(RuntimeError):
     """A worker pod did not answer as the contract says."""
+
+
+class EvaluationStatus(BaseModel):
+    """An evaluation worker's progress: reports once ``done``, a reason once ``failed``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    status: Literal["pending", "running", "done", "failed"]
+    reports: list[EvaluationReport] = []
+    reason: str | None = None
+    current: str | None = None
+    completed: int | None = None
+    total: int | None = None
+
+    @model_validator(mode="after")
+    def _done_has_reports(self) -> Self:
+        if self.status == "done" and not self.reports:
+            raise ValueError("status 'done' without reports")
+        return self
 
 
 def is_ready(pod: Mapping[str, Any]) -> bool:
@@ -53,16 +74,14 @@ async def _get_json(client: httpx.AsyncClient, url: str) -> Any:
         raise WorkerError(f"GET {url}: {error!r}") from error
 
 
-async def fetch_evaluation(client: httpx.AsyncClient, base: str) -> list[EvaluationReport] | None:
-    """The pod's evaluation reports, or None while it is still evaluating."""
+async def fetch_evaluation(client: httpx.AsyncClient, base: str) -> EvaluationStatus:
+    """The pod's evaluation status (with its reports once done); WorkerError if it breaks the contract."""
     url = f"{base}/v1/helios/evaluation"
     document = await _get_json(client, url)
-    if isinstance(document, dict) and document.get("status") == "running":
-        return None
     try:
-        return _REPORTS.validate_python(document)
+        return EvaluationStatus.model_validate(document)
     except ValidationError as error:
-        raise WorkerError(f"GET {url}: not a list of evaluation reports: {error}") from error
+        raise WorkerError(f"GET {url}: not an evaluation status: {error}") from error
 
 
 async def post_layers(client: httpx.AsyncClient, base: str, layers: int) -> None:

@@ -1,4 +1,10 @@
-"""Serve a model over an OpenAI-compatible HTTP API with early exit over its first L layers."""
+"""Serve a model over an OpenAI-compatible HTTP API with early exit over its first L layers.
+
+With ``--mode evaluate`` (``HELIOS_MODE=evaluate``, the operator's evaluation pods) the worker
+evaluates candidates instead and serves the reports at ``/v1/helios/evaluation``; what to
+evaluate comes from HELIOS_EVAL_CANDIDATES, HELIOS_EVAL_PROMPTS and HELIOS_MAX_NEW_TOKENS
+(see helios_worker.evaluation_service).
+"""
 
 from __future__ import annotations
 
@@ -52,8 +58,17 @@ def run(args: argparse.Namespace) -> int:
     from helios_worker.server.process import DrainingServer
     from helios_worker.server.state import Phase
 
+    evaluation = None
+    if settings.mode == "evaluate":
+        from helios_worker.evaluation_service import EvaluationService
+
+        try:  # before the server starts: a malformed pod spec is the user's error, exit 2
+            evaluation = EvaluationService.from_settings(settings, os.environ)
+        except ValueError as error:
+            raise UserError(f"evaluation mode: {error}") from None
+
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
+    app = create_app(settings, evaluation=evaluation)
     config = uvicorn.Config(
         app,
         host=settings.host,

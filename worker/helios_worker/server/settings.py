@@ -1,14 +1,14 @@
 """The worker's one validated config: ``helios serve`` flags over ``HELIOS_*`` environment variables.
 
 Kubernetes configures the worker through the environment (the operator's pod template sets
-HELIOS_MODEL, HELIOS_LAYERS, ...); people use flags. Every field has both, flags win, and
+HELIOS_MODE, HELIOS_MODEL, HELIOS_LAYERS, ...); people use flags. Every field has both, flags win, and
 both are validated by the same pydantic model so a bad value reads the same either way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -24,6 +24,9 @@ class SettingsError(ValueError):
 class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    mode: Literal["serve", "evaluate"] = Field(
+        default="serve", description="serve: the model over HTTP; evaluate: evaluate candidates, serve the reports"
+    )
     model: str = Field(min_length=1, description="alias, local HF directory, or cached hub id")
     model_revision: str | None = Field(default=None, description="hub revision (appended to the model as @REV)")
     served_model_name: str | None = Field(default=None, description="name clients use (default: the model ref)")

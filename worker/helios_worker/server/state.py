@@ -4,6 +4,10 @@ The model loads on a thread after the HTTP server is up, so ``/health`` answers 
 load (startup probe) while ``/ready`` says 503 until the engine runs. Draining (SIGTERM) turns
 readiness and new requests away, lets in-flight requests finish within a grace period, then
 aborts the rest.
+
+In evaluation mode there is no model to serve: the worker is ready as soon as its evaluation
+runs (the operator reads progress, reports or failure from ``/v1/helios/evaluation``), and
+every request for the model gets a 503 that says so.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from helios_worker.server.settings import ServerSettings
 
 if TYPE_CHECKING:
     from helios_worker.engine import Engine
+    from helios_worker.evaluation_service import EvaluationService
     from helios_worker.server.runner import EngineRunner
 
 logger = logging.getLogger("helios.server")
@@ -75,6 +80,7 @@ class WorkerState:
         self.recent_prompts = RecentPrompts(settings.record_prompts) if settings.record_prompts else None
         # Called on the loading thread with the new runner before it starts: set its callbacks here.
         self.runner_hooks: list[RunnerHook] = []
+        self.is_evaluation_mode = settings.mode == "evaluate"
         self._loader = loader
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()  # phase changes race between the loading thread and the loop
@@ -85,6 +91,14 @@ class WorkerState:
         """Load in a daemon thread (a worker stopped during a long load need not wait for it)."""
         self._loop = asyncio.get_running_loop()
         threading.Thread(target=self._load, name="helios-load", daemon=True).start()
+
+    def start_evaluating(self, service: EvaluationService) -> None:
+        """Evaluation mode: run the evaluation in its own thread; ready from now on."""
+        service.start()
+        with self._lock:
+            if self.phase == Phase.LOADING:
+                self.phase, self.reason = Phase.READY, None
+        logger.info("evaluating %d candidates on %d prompts", len(service.candidates), len(service.prompts))
 
     def _load(self) -> None:
         from helios_worker.server.runner import EngineRunner
@@ -118,8 +132,18 @@ class WorkerState:
         )
 
     # --- serving --------------------------------------------------------------------------
+    def _refuse_in_evaluation_mode(self) -> None:
+        if self.is_evaluation_mode:
+            raise APIError(
+                503,
+                "this worker runs in evaluation mode (HELIOS_MODE=evaluate) and serves no model; "
+                "its results are at GET /v1/helios/evaluation",
+                code="evaluation_mode",
+            )
+
     def serving_runner(self) -> EngineRunner:
         """The runner, if new requests may use it; else the 503 that explains why not."""
+        self._refuse_in_evaluation_mode()
         runner = self.runner
         if self.phase == Phase.READY and runner is not None:
             return runner
@@ -132,6 +156,7 @@ class WorkerState:
 
     def loaded_runner(self) -> EngineRunner:
         """The runner whatever the phase (state and layer changes work while draining)."""
+        self._refuse_in_evaluation_mode()
         if self.runner is None:
             raise APIError(503, f"no model yet: {self.reason}", code=f"worker_{self.phase.value}")
         return self.runner
