@@ -4,7 +4,7 @@ PIP := $(PYTHON) -m pip
 # torch first, pinned: an unpinned torch pulls a multi-GB CUDA build.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install run test lint
+.PHONY: install run demo test lint
 
 install:
 	$(PIP) install -q torch==$(TORCH_VERSION)
@@ -12,10 +12,12 @@ install:
 	$(PIP) install -q -e '.[dev]'
 
 run: install
-	helios generate --model helios-ee-tiny --layers 6 --max-new-tokens 32 \
+	# the whole HELIOS loop on this machine: evaluate, select, serve :8080, adapt (Ctrl-C stops)
+	helios run
+
+demo: install
+	helios generate --model helios-ee-tiny --layers 6 --max-new-tokens 24 \
 	  --batch-file worker/helios_worker/assets/prompts/in_domain.txt
-	helios generate --model smollm2-135m --layers 24 --min-exit-layer 16 --max-new-tokens 32 \
-	  --prompt "Explain in one sentence what a Kubernetes operator does."
 
 lint:
 	ruff check .
