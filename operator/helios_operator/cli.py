@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "status": "helios_operator.commands.status",
     "load": "helios_operator.commands.load",
     "operator": "helios_operator.commands.operator",
+    "docs": "helios_operator.commands.docs",
 }
 
 
