@@ -10,8 +10,10 @@ import pytest
 from helios_operator.k8s import manifests, rbac, workers
 from helios_operator.k8s.conditions import ready_summary, set_condition
 from helios_operator.k8s.kube import PATHS
-from helios_operator.k8s.scrape import MetricsError, WorkerSample, aggregate, parse_metrics
+from helios_operator.k8s.scrape import WorkerSample, aggregate, parse_metrics
 from helios_operator.spec import HeliosDeploymentSpec
+from helios_operator.worker_metrics import MetricsError, WorkerCounters
+from tests.test_worker_metrics import exposition, text, worker
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 OWNER = {
@@ -137,38 +139,21 @@ def test_ready_summary(phase: str, ready: int, desired: int, expected: str) -> N
 # --- metrics ---------------------------------------------------------------------------------------
 
 
-def metrics(tokens: int, breaches: int, buckets: list[int] | None = None, model: str = "a", layers: int = 3) -> str:
-    lines = [
-        "# TYPE helios_generated_tokens_total counter",
-        f'helios_generated_tokens_total{{model="{model}"}} {tokens}',
-        "# TYPE helios_confidence_breaches_total counter",
-        f'helios_confidence_breaches_total{{model="{model}"}} {breaches}',
-        "# TYPE helios_requests_total counter",
-        f'helios_requests_total{{model="{model}",status="ok"}} 3',
-        f'helios_requests_total{{model="{model}",status="error"}} 1',
-        "# TYPE helios_layers_loaded gauge",
-        f"helios_layers_loaded {layers}",
-        "# TYPE helios_layers_total gauge",
-        "helios_layers_total 8",
-    ]
-    if buckets is not None:
-        lines.append("# TYPE helios_exit_layer histogram")
-        for le, count in enumerate(buckets, start=1):
-            lines.append(f'helios_exit_layer_bucket{{model="{model}",le="{le}.0"}} {count}')
-        lines += [f'helios_exit_layer_bucket{{model="{model}",le="+Inf"}} {buckets[-1]}']
-        lines += [f'helios_exit_layer_count{{model="{model}"}} {buckets[-1]}', 'helios_exit_layer_sum{model="a"} 1']
-    return "\n".join(lines) + "\n"
+def test_parse_metrics_reads_the_model_counters_layers_and_buckets() -> None:
+    sample = parse_metrics(exposition(100, 7, [50, 80, 100]), NOW)
+    assert (sample.observed_at, sample.model, sample.counters.layers, sample.counters.layers_total) == (NOW, "a", 3, 8)
+    assert (sample.counters.tokens, sample.counters.breaches, sample.counters.requests) == (100, 7, 4)
+    assert sample.counters.exit_buckets[2.0] == 80
 
 
-def test_parse_metrics_reads_counters_layers_and_buckets() -> None:
-    sample = parse_metrics(metrics(100, 7, [50, 80, 100]), NOW)
-    assert (sample.model, sample.layers, sample.layers_total) == ("a", 3, 8)
-    assert (sample.tokens, sample.breaches, sample.requests) == (100, 7, 4)
-    assert sample.exit_buckets[2.0] == 80
+def test_parse_metrics_accepts_a_fresh_worker_that_has_served_nothing() -> None:
+    # Its labelled counters have no children yet; helios_model_info names the model. Not Degraded.
+    sample = parse_metrics(text(worker()), NOW)
+    assert (sample.model, sample.counters.layers, sample.counters.tokens) == ("ee-tiny", 4, 0)
 
 
 @pytest.mark.parametrize(
-    "text", ["", "helios_layers_loaded 3\n", "this is not prometheus {{{\n", metrics(1, 0).replace('model="a"', "")]
+    "text", ["", "helios_layers_loaded 3\n", "this is not prometheus {{{\n", exposition(1, 0).replace('model="a"', "")]
 )
 def test_parse_metrics_rejects_what_it_cannot_use(text: str) -> None:
     with pytest.raises(MetricsError):
@@ -176,7 +161,8 @@ def test_parse_metrics_rejects_what_it_cannot_use(text: str) -> None:
 
 
 def sample(tokens: float, breaches: float, seconds: float = 0, model: str = "a", layers: int = 3, **kw: Any) -> Any:
-    return WorkerSample(NOW + timedelta(seconds=seconds), model, layers, 8, tokens, breaches, 0, **kw)
+    counters = WorkerCounters(layers, 8, model, tokens, breaches, 0, **kw)
+    return WorkerSample(NOW + timedelta(seconds=seconds), model, counters)
 
 
 def test_aggregate_sums_deltas_over_pods_and_builds_the_exit_histogram() -> None:

@@ -136,7 +136,8 @@ def test_serve_exports_metrics_that_match_the_api(tiny_model) -> None:
 
         # What the operator's scrape reads from the same text.
         scraped = parse_metrics(httpx.get(f"{base}/metrics", timeout=5).text, datetime.now(UTC))
-        assert (scraped.model, scraped.layers, scraped.layers_total, scraped.tokens) == ("tiny", 2, 4, num_tokens)
+        counters = scraped.counters
+        assert (scraped.model, counters.layers, counters.layers_total, counters.tokens) == ("tiny", 2, 4, num_tokens)
 
         grown = httpx.post(f"{base}/v1/helios/layers", json={"layers": 4}, timeout=30)
         assert grown.status_code == 200 and grown.json()["layers"] == 4
