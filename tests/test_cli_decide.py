@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from helios_operator import cli
 from helios_operator.policy import select
-
 from tests.report_factory import MB, make_report, make_spec, ramp
 
 AGREEMENT = [0.90, 0.95, 0.985, 0.99, 0.995, 0.998, 1.0, 1.0]

@@ -8,6 +8,8 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
+
 from helios_operator.policy import (
     AdaptState,
     Decision,
@@ -25,8 +27,6 @@ from helios_operator.policy import (
 from helios_operator.policy.window import BreachEntry, BreachWindow, ShadowEntry, ShadowWindow
 from helios_operator.reports import EvaluationReport
 from helios_operator.spec import HeliosDeploymentSpec
-from pydantic import ValidationError
-
 from tests.report_factory import MB, make_report, make_spec
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from helios_operator.policy import (
     Decision,
     NoFeasibleOption,
@@ -14,7 +15,6 @@ from helios_operator.policy import (
     weight_bytes,
 )
 from helios_operator.policy.predict import head_cost_layers
-
 from tests.report_factory import MB, make_report, make_spec, ramp
 
 GiB = 2**30

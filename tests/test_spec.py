@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
+
 from helios_operator.spec import (
     HeliosDeploymentSpec,
     HeliosDeploymentStatus,
@@ -15,7 +17,6 @@ from helios_operator.spec import (
     parse_duration,
     parse_quantity,
 )
-from pydantic import ValidationError
 
 MINIMAL: dict[str, Any] = {"candidates": [{"name": "small", "model": "HuggingFaceTB/SmolLM2-135M"}]}
 
