@@ -129,8 +129,12 @@ def test_operator_environment_is_what_operator_config_reads(chart, monkeypatch) 
     assert env_of(operator_container(render(chart)))["HELIOS_WORKER_IMAGE"] == DEFAULT_WORKER_IMAGE
     values = {
         "operator": {"tickSeconds": 2.5, "evaluationPollSeconds": 7, "httpTimeoutSeconds": 1.5},
-        "worker": {"image": {"repository": "registry.local/worker", "tag": "dev"}},
+        "worker": {
+            "image": {"repository": "registry.local/worker", "tag": "dev"},
+            "resources": {"requests": {"cpu": "2"}, "limits": {"nvidia.com/gpu": 1, "memory": "16Gi"}},
+        },
     }
+    assert "HELIOS_DEFAULT_WORKER_RESOURCES" not in env_of(operator_container(render(chart)))
     env = env_of(operator_container(render(chart, values)))
     for name, value in env.items():
         if isinstance(value, str):
@@ -138,6 +142,9 @@ def test_operator_environment_is_what_operator_config_reads(chart, monkeypatch) 
     config = OperatorConfig.from_env()
     assert config.worker_image == "registry.local/worker:dev"
     assert (config.tick_seconds, config.evaluation_poll_seconds, config.http_timeout_seconds) == (2.5, 7.0, 1.5)
+    resources = config.default_worker_resources
+    assert resources.requests == {"cpu": "2"} and resources.limits["memory"] == "16Gi"
+    assert str(resources.limits["nvidia.com/gpu"]) == "1"
 
 
 def test_image_digest_wins_over_tag(chart) -> None:

@@ -220,3 +220,24 @@ def test_rbac_rules_cover_every_kind_the_operator_writes() -> None:
     for prefix, plural in PATHS.values():  # every kind kube.py touches is granted
         group = "" if prefix == "/api/v1" else prefix.split("/")[2]
         assert (group, plural) in rules, plural
+
+
+def test_default_worker_resources_apply_only_to_specs_without_any(monkeypatch):
+    from helios_operator.k8s.config import OperatorConfig
+    from helios_operator.k8s.manifests import worker_pod_spec
+    from helios_operator.spec import HeliosDeploymentSpec
+
+    monkeypatch.setenv("HELIOS_DEFAULT_WORKER_RESOURCES", '{"limits": {"nvidia.com/gpu": 1, "memory": "8Gi"}}')
+    config = OperatorConfig.from_env()
+    bare = HeliosDeploymentSpec.model_validate({"candidates": [{"name": "a", "model": "m"}]})
+    pod = worker_pod_spec(config.apply_defaults(bare), "img", [], "Always")
+    assert pod["containers"][0]["resources"]["limits"]["memory"] == "8Gi"
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"  # the default GPU limit schedules on GPU nodes
+    own = HeliosDeploymentSpec.model_validate(
+        {"candidates": [{"name": "a", "model": "m"}], "worker": {"resources": {"requests": {"cpu": "1"}}}}
+    )
+    assert config.apply_defaults(own) == own
+
+    monkeypatch.setenv("HELIOS_DEFAULT_WORKER_RESOURCES", "{not json")
+    with pytest.raises(ValueError, match="HELIOS_DEFAULT_WORKER_RESOURCES must be JSON"):
+        OperatorConfig.from_env()

@@ -77,7 +77,7 @@ def validate(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.
 @kopf.timer(API_GROUP, VERSION, PLURAL, interval=CONFIG.tick_seconds)
 async def reconcile_timer(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
     try:
-        spec = HeliosDeploymentSpec.model_validate(dict(body.get("spec") or {}))
+        spec = memo.config.apply_defaults(HeliosDeploymentSpec.model_validate(dict(body.get("spec") or {})))
     except ValidationError:
         return  # `validate` has said why in the status; nothing to do until the spec changes
     if body.get("status", {}).get("phase") in (None, "Invalid"):
