@@ -1,0 +1,333 @@
+"""A pod runner for a cluster without nodes: plays kubelet and the Deployment controller on 127.0.0.1.
+
+Against an API server that stores objects but runs no controllers (the test's emulator), it
+makes HELIOS's children real:
+
+* Deployment controller: every Deployment owned by a HeliosDeployment keeps ``spec.replicas``
+  pods of its template; a template change rolls with maxSurge 1, maxUnavailable 0 (the new
+  pod first, an old one deleted only once the new one is ready).
+* kubelet: every pod of such a Deployment, and every pod a HeliosDeployment owns directly
+  (evaluation pods), runs as a real ``helios serve`` process with the container's env, on a
+  free port; the pod gets the ``helios.dev/endpoint`` annotation, phase Running, podIP
+  127.0.0.1 and a Ready condition that follows the worker's ``/ready``. A deleted pod's
+  process gets SIGTERM (after a short pre-stop delay, so routers stop sending it requests)
+  and SIGKILL by PID when it does not drain in time; ``stop`` ends every process.
+
+Run ``python -m e2e.pod_runner --kubeconfig PATH`` beside an operator, or use ``PodRunner``
+from a test (``start``/``stop``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kubernetes
+
+from helios_operator.k8s.kube import MERGE_PATCH, Kube, KubeError
+from helios_operator.k8s.manifests import ENDPOINT_ANNOTATION
+from helios_operator.k8s.workers import is_ready
+from helios_operator.local.supervisor import free_port
+
+Body = dict[str, Any]
+log = logging.getLogger("helios.e2e.pod_runner")
+
+HASH_LABEL = "pod-template-hash"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "helios-operator"}
+POLL_SECONDS = 0.25
+PRE_STOP_SECONDS = 2.0  # a deleted pod keeps serving this long, as endpoint removal propagates
+GRACE_SECONDS = 30.0  # terminationGracePeriodSeconds: SIGTERM, then SIGKILL
+
+
+@dataclass
+class PodProcess:
+    """The container of one pod: a ``helios serve`` process and the port it listens on."""
+
+    pod: str
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+    is_ready: bool = False
+    has_exited: bool = False
+
+
+def template_hash(template: Mapping[str, Any]) -> str:
+    """The ReplicaSet controller's pod-template-hash: pods of one template share it."""
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def owner_kinds(body: Mapping[str, Any]) -> set[str]:
+    return {ref.get("kind", "") for ref in body["metadata"].get("ownerReferences") or []}
+
+
+def owned_by(body: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
+    uid = owner["metadata"]["uid"]
+    return any(ref.get("uid") == uid for ref in body["metadata"].get("ownerReferences") or [])
+
+
+def build_pod(deployment: Mapping[str, Any], pod_hash: str) -> Body:
+    """A pod of the Deployment's template, owned by the Deployment (the ReplicaSet is skipped)."""
+    meta = deployment["metadata"]
+    template = deployment["spec"]["template"]
+    owner = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    labels = {**(template["metadata"].get("labels") or {}), HASH_LABEL: pod_hash}
+    metadata = {
+        "name": f"{meta['name']}-{pod_hash[:8]}-{secrets.token_hex(3)}",
+        "namespace": meta["namespace"],
+        "labels": labels,
+        "annotations": dict(template["metadata"].get("annotations") or {}),
+        "ownerReferences": [owner],
+    }
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}
+
+
+def rollout_step(deployment: Mapping[str, Any], pods: list[Body]) -> tuple[bool, str | None]:
+    """One Deployment controller step: (create a pod of the current template?, the pod to delete).
+
+    maxSurge 1, maxUnavailable 0: at most replicas + 1 pods; a ready pod is deleted only while
+    the ready pods left still number ``replicas``. Not-ready pods go first.
+    """
+    replicas = int(deployment["spec"].get("replicas", 1))
+    current_hash = template_hash(deployment["spec"]["template"])
+    current = [p for p in pods if p["metadata"]["labels"].get(HASH_LABEL) == current_hash]
+    old = [p for p in pods if p not in current]
+    num_ready = sum(is_ready(p) for p in pods)
+    is_create = len(current) < replicas and len(pods) < replicas + 1
+    num_extra = max(0, len(current) - replicas)
+    surplus = sorted(old, key=is_ready) or sorted(current, key=is_ready)[:num_extra]
+    for pod in surplus:
+        if not is_ready(pod) or num_ready - 1 >= replicas:
+            return is_create, pod["metadata"]["name"]
+    return is_create, None
+
+
+def container_env(pod: Mapping[str, Any], workdir: Path) -> dict[str, str]:
+    """The container's literal env, with paths under its volume mounts moved into ``workdir`` (kubelet's mounts)."""
+    container = pod["spec"]["containers"][0]
+    mounts = [m["mountPath"] for m in container.get("volumeMounts") or []]
+    env = {}
+    for var in container.get("env") or []:
+        value = str(var.get("value", ""))
+        for mount in mounts:
+            if value == mount or value.startswith(mount + "/"):
+                value = str(workdir / value.lstrip("/"))
+        env[var["name"]] = value
+    return env
+
+
+def serve_command(pod: Mapping[str, Any]) -> list[str]:
+    """The container command, with ``helios`` run by this Python (the image's entry point)."""
+    command = list(pod["spec"]["containers"][0].get("command") or ["helios", "serve"])
+    if command[0] == "helios":
+        command = [sys.executable, "-m", "helios_operator.cli", *command[1:]]
+    return command
+
+
+def start_container(pod: Mapping[str, Any], workdir: Path) -> PodProcess:
+    """kubelet starting the pod's container: ``helios serve`` on a free port of 127.0.0.1."""
+    name = pod["metadata"]["name"]
+    pod_dir = workdir / name
+    pod_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    base = {key: value for key, value in os.environ.items() if not key.startswith("HELIOS_")}
+    env = {**base, **container_env(pod, pod_dir), "HELIOS_HOST": "127.0.0.1", "HELIOS_PORT": str(port)}
+    log_path = pod_dir / "worker.log"
+    with log_path.open("wb") as output:
+        process = subprocess.Popen(
+            serve_command(pod), env=env, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    log.info("pod %s: started pid %d on port %d", name, process.pid, port)
+    return PodProcess(name, process, f"http://127.0.0.1:{port}", log_path)
+
+
+def stop_container(container: PodProcess, pre_stop: float, grace: float) -> int | None:
+    """kubelet stopping a deleted pod: pre-stop delay, SIGTERM (the worker drains), SIGKILL by PID after ``grace``."""
+    process = container.process
+    time.sleep(pre_stop)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, signal.SIGTERM)
+    try:
+        return process.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        return process.wait(10)
+
+
+def is_answering(url: str) -> bool:
+    """The readiness probe: GET /ready answers 200."""
+    try:
+        return httpx.get(f"{url}/ready", timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def pod_status(container: PodProcess) -> Body:
+    """What kubelet reports: Running on 127.0.0.1, Ready as the probe says (Failed once the process exits)."""
+    if container.has_exited:
+        code = container.process.returncode
+        ready = {"type": "Ready", "status": "False", "reason": "ContainerExited", "message": f"exit status {code}"}
+        return {"phase": "Failed", "podIP": "127.0.0.1", "conditions": [ready]}
+    ready = {"type": "Ready", "status": "True" if container.is_ready else "False"}
+    return {"phase": "Running", "podIP": "127.0.0.1", "conditions": [ready]}
+
+
+class PodRunner:
+    """Deployment controller and kubelet for one namespace, polling the API server from a thread."""
+
+    def __init__(self, kube: Kube, namespace: str, workdir: Path, pre_stop: float = PRE_STOP_SECONDS) -> None:
+        self.kube, self.namespace, self.workdir, self.pre_stop = kube, namespace, workdir, pre_stop
+        self.containers: dict[str, PodProcess] = {}
+        self.started: list[int] = []  # every PID this runner started, for a last kill by PID
+        self.stopping: list[threading.Thread] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pod-runner", daemon=True)
+        self.errors: list[str] = []
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: Path | str, namespace: str, workdir: Path, **kwargs: Any) -> PodRunner:
+        configuration = kubernetes.client.Configuration()
+        kubernetes.config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+        return cls(Kube(kubernetes.client.ApiClient(configuration)), namespace, workdir, **kwargs)
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.process.pid for c in self.containers.values()]
+
+    def start(self) -> PodRunner:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop polling and end every process this runner started (SIGKILL by PID after a short grace)."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        for container in list(self.containers.values()):
+            stop_container(container, pre_stop=0.0, grace=5.0)
+        for thread in self.stopping:
+            thread.join(timeout=GRACE_SECONDS + 15)
+        self.containers.clear()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except (KubeError, OSError, ValueError) as error:  # the API server restarting, say: retry
+                log.warning("pod runner step failed: %r", error)
+                self.errors.append(repr(error))
+            self._stop.wait(POLL_SECONDS)
+
+    def step(self) -> None:
+        """One pass: Deployments to pods, pods to processes, processes to pod status."""
+        for deployment in self._list("/apis/apps/v1", "deployments"):
+            if "HeliosDeployment" in owner_kinds(deployment):
+                self.sync_deployment(deployment)
+        pods = {p["metadata"]["name"]: p for p in self._list("/api/v1", "pods") if self._is_runnable(p)}
+        for name in set(self.containers) - set(pods):
+            self.kill(name)
+        for pod in pods.values():
+            self.sync_pod(pod)
+
+    def _list(self, prefix: str, plural: str, labels: Mapping[str, str] = MANAGED_BY) -> list[Body]:
+        selector = ",".join(f"{key}={value}" for key, value in labels.items())
+        path = f"{prefix}/namespaces/{self.namespace}/{plural}"
+        return self.kube.request("GET", path, query={"labelSelector": selector}).get("items", [])
+
+    @staticmethod
+    def _is_runnable(pod: Mapping[str, Any]) -> bool:
+        return not pod["metadata"].get("deletionTimestamp") and bool(
+            owner_kinds(pod) & {"HeliosDeployment", "Deployment"}
+        )
+
+    def sync_deployment(self, deployment: Body) -> None:
+        """The Deployment controller's step for one Deployment (see ``rollout_step``)."""
+        selector = deployment["spec"]["selector"]["matchLabels"]
+        pods = [
+            p
+            for p in self._list("/api/v1", "pods", selector)
+            if owned_by(p, deployment) and not p["metadata"].get("deletionTimestamp")
+        ]
+        is_create, doomed = rollout_step(deployment, pods)
+        if is_create:
+            pod = build_pod(deployment, template_hash(deployment["spec"]["template"]))
+            self.kube.apply(pod)
+            log.info("deployment %s: created pod %s", deployment["metadata"]["name"], pod["metadata"]["name"])
+        if doomed is not None:
+            self.kube.delete("Pod", self.namespace, doomed)
+            log.info("deployment %s: deleted pod %s", deployment["metadata"]["name"], doomed)
+
+    def sync_pod(self, pod: Body) -> None:
+        """kubelet's step for one pod: start its container once, then report what the probe sees."""
+        name = pod["metadata"]["name"]
+        container = self.containers.get(name)
+        if container is None:
+            container = self.containers[name] = start_container(pod, self.workdir)
+            self.started.append(container.process.pid)
+            self._patch(name, {"metadata": {"annotations": {ENDPOINT_ANNOTATION: container.url}}})
+            self._patch(name, {"status": pod_status(container)}, subresource="/status")
+            return
+        container.has_exited = container.process.poll() is not None
+        container.is_ready = not container.has_exited and is_answering(container.url)
+        wanted = pod_status(container)
+        if ((pod.get("status") or {}).get("phase"), is_ready(pod)) != (wanted["phase"], container.is_ready):
+            self._patch(name, {"status": wanted}, subresource="/status")
+
+    def _patch(self, name: str, body: Body, subresource: str = "") -> None:
+        path = f"/api/v1/namespaces/{self.namespace}/pods/{name}{subresource}"
+        try:
+            self.kube.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+        except KubeError as error:
+            if error.status != 404:  # deleted since it was listed: the next pass stops its process
+                raise
+
+    def kill(self, name: str) -> None:
+        """The pod is gone from the API: stop its process in the background (pre-stop, SIGTERM, SIGKILL)."""
+        container = self.containers.pop(name)
+        log.info("pod %s deleted: stopping pid %d", name, container.process.pid)
+        thread = threading.Thread(target=stop_container, args=(container, self.pre_stop, GRACE_SECONDS), daemon=True)
+        thread.start()
+        self.stopping.append(thread)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--namespace", default="default")
+    parser.add_argument("--workdir", default="helios-pods")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    runner = PodRunner.from_kubeconfig(args.kubeconfig, args.namespace, Path(args.workdir)).start()
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    try:
+        stopped.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        runner.stop()
+
+
+if __name__ == "__main__":
+    main()

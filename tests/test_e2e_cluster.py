@@ -1,0 +1,198 @@
+"""The whole loop with real processes and no cluster: API emulator, HELIOS operator, real workers.
+
+``e2e.pod_runner`` plays kubelet and the Deployment controller: evaluation pods and serving
+pods become ``helios serve`` processes on 127.0.0.1. The HeliosDeployment is applied with the
+real kubectl; its two candidates are the built-in 8-layer ``helios-ee-tiny`` under two names.
+The test checks the evaluation, the serving Deployment, requests answered by the worker, and
+that out-of-domain traffic provokes a breach storm whose decision (more layers, or a switch)
+shows in the HeliosStatus history, with no failed request across the change. Requests go to a
+ready serving pod's endpoint, picked afresh for each request, as a Service would route them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from e2e.pod_runner import PodRunner
+from helios_operator.crds import crd_files
+from helios_operator.k8s.manifests import ENDPOINT_ANNOTATION
+from helios_operator.k8s.workers import is_ready
+from helios_operator.local.config import packaged_prompts_path
+
+if TYPE_CHECKING:
+    from tests.k8s_fixtures import K8sApi, OperatorFactory
+
+pytest_plugins = ["tests.k8s_fixtures"]
+pytestmark = pytest.mark.slow
+
+HANDLERS = Path(__file__).resolve().parent.parent / "operator" / "helios_operator" / "k8s" / "handlers.py"
+NAME = "tiny"
+CHANGES = ("add_layers", "switch_model")
+IN_DOMAIN = ["count from 41 : 41 42", "count from 7 : 7 8", "count from 120 : 120 121"]
+
+HELIOS_DEPLOYMENT = f"""\
+apiVersion: helios.dev/v1alpha1
+kind: HeliosDeployment
+metadata:
+  name: {NAME}
+  namespace: default
+spec:
+  candidates:
+    - name: ee-tiny
+      model: helios-ee-tiny
+    - name: ee-tiny-b
+      model: helios-ee-tiny
+  objective: latency
+  accuracy:
+    minAgreement: 0.9
+  evaluation:
+    promptsPerCandidate: 2
+    maxNewTokens: 4
+    prompts:
+      inline: {IN_DOMAIN!r}
+  monitoring:
+    interval: 1s
+    cooldown: 0s
+    breachWindowTokens: 20
+    maxBreaches: 5
+  worker:
+    env:
+      - name: HELIOS_TORCH_THREADS
+        value: "1"
+"""
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float, during: Callable[[], None] | None = None) -> Any:
+    """Poll ``condition`` until truthy; ``during`` runs between polls (traffic, say)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(AssertionError, KeyError, IndexError, TypeError):
+            if result := condition():
+                return result
+        if during is not None:
+            during()
+        else:
+            time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def hd_status(k8s_api: K8sApi) -> dict[str, Any]:
+    return k8s_api.kubectl_json("get", "hd", NAME).get("status", {})
+
+
+def deployment_env(k8s_api: K8sApi) -> dict[str, str]:
+    container = k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def serving_pods(k8s_api: K8sApi) -> list[dict[str, Any]]:
+    selector = f"helios.dev/deployment={NAME},helios.dev/role=serve"
+    return k8s_api.kubectl_json("get", "pods", "-l", selector)["items"]
+
+
+def ready_endpoints(k8s_api: K8sApi) -> list[str]:
+    return [
+        p["metadata"]["annotations"][ENDPOINT_ANNOTATION]
+        for p in serving_pods(k8s_api)
+        if is_ready(p) and ENDPOINT_ANNOTATION in (p["metadata"].get("annotations") or {})
+    ]
+
+
+class Traffic:
+    """Completions sent one at a time to a ready serving pod, every answer kept."""
+
+    def __init__(self, k8s_api: K8sApi) -> None:
+        self.k8s_api = k8s_api
+        self.client = httpx.Client(timeout=60.0)
+        self.statuses: list[tuple[str, int, str]] = []
+
+    def send(self, prompt: str, max_tokens: int) -> None:
+        url = ready_endpoints(self.k8s_api)[0]
+        response = self.client.post(f"{url}/v1/completions", json={"prompt": prompt, "max_tokens": max_tokens})
+        self.statuses.append((url, response.status_code, response.text[:200]))
+
+    @property
+    def failures(self) -> list[tuple[str, int, str]]:
+        return [entry for entry in self.statuses if entry[1] != 200]
+
+
+@pytest.fixture
+def pod_runner(k8s_api: K8sApi, tmp_path: Path) -> Iterator[PodRunner]:
+    runner = PodRunner.from_kubeconfig(k8s_api.kubeconfig, "default", tmp_path / "pods", pre_stop=2.0)
+    try:
+        yield runner.start()
+    finally:
+        runner.stop()
+        for pid in runner.started:  # anything that outlived the stop, by PID
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.timeout(240)
+def test_evaluate_serve_and_adapt_with_real_workers(
+    k8s_api: K8sApi, kopf_operator: OperatorFactory, pod_runner: PodRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HELIOS_OPERATOR_TICK", "0.5")
+    monkeypatch.setenv("HELIOS_OPERATOR_EVALUATION_POLL", "1")
+    monkeypatch.setenv("HELIOS_OPERATOR_HTTP_TIMEOUT", "5")
+    monkeypatch.setenv("HELIOS_OPERATOR_ENDPOINT_ANNOTATION", "1")
+    for text in crd_files().values():
+        k8s_api.apply(text)
+    out_of_domain = [line for line in packaged_prompts_path("out_of_domain.txt").read_text().splitlines() if line]
+    traffic = Traffic(k8s_api)
+
+    with kopf_operator(HANDLERS, namespace="default") as runner:
+        k8s_api.apply(HELIOS_DEPLOYMENT)
+        # Evaluation: one real worker per candidate, then a selection.
+        status = wait_for(lambda: (s := hd_status(k8s_api))["phase"] == "Serving" and s, "Serving", timeout=120)
+        assert status["evaluationRound"] == 1 and status["lastDecision"]["kind"] == "select"
+        assert status["currentModel"] in ("ee-tiny", "ee-tiny-b") and status["layersTotal"] == 8
+        chosen = status["currentLayers"]
+        report = k8s_api.kubectl_json("get", "heliosstatus", NAME)["status"]
+        assert sorted(row["name"] for row in report["candidates"]) == ["ee-tiny", "ee-tiny-b"]
+        env = deployment_env(k8s_api)
+        assert env["HELIOS_MODEL"] == "helios-ee-tiny" and env["HELIOS_LAYERS"] == str(chosen)
+
+        # A real serving pod answers.
+        wait_for(lambda: ready_endpoints(k8s_api), "a ready serving pod", timeout=60)
+        for prompt in IN_DOMAIN:
+            traffic.send(prompt, max_tokens=4)
+        assert not traffic.failures, traffic.failures
+
+        # Out-of-domain traffic: a breach storm, and a decision to go deeper or switch.
+        def storm() -> None:
+            traffic.send(out_of_domain[len(traffic.statuses) % len(out_of_domain)], max_tokens=8)
+
+        def changed() -> dict[str, Any] | None:
+            history = k8s_api.kubectl_json("get", "heliosstatus", NAME)["status"]["decisionHistory"]
+            return next((d for d in history if d["kind"] in CHANGES), None)
+
+        decision = wait_for(changed, "a layer change or model switch", timeout=60, during=storm)
+        assert "breach storm" in decision["reason"]
+        env = deployment_env(k8s_api)
+        if decision["kind"] == "add_layers":
+            assert decision["layers"] > chosen and env["HELIOS_LAYERS"] == str(decision["layers"])
+        else:
+            assert env["HELIOS_MODEL_NAME"] == decision["model"] != status["currentModel"]
+
+        # The rollout: a pod of the new template replaces the old one; traffic flows throughout.
+        def rolled() -> bool:
+            pods = serving_pods(k8s_api)
+            envs = [{e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]} for p in pods]
+            return len(pods) == 1 and is_ready(pods[0]) and envs[0] == {**envs[0], **env}
+
+        wait_for(rolled, "the rollout to the new template", timeout=60, during=storm)
+        traffic.send(IN_DOMAIN[0], max_tokens=4)
+        assert len(traffic.statuses) > len(IN_DOMAIN) + 1
+        assert not traffic.failures, traffic.failures
+    assert runner.exception is None
+    assert not pod_runner.errors, pod_runner.errors
