@@ -196,6 +196,16 @@ class WorkerMetrics:
         self.requests = Counter(
             "helios_requests", "Requests ended, by status (ok, error, abort).", ["model", "status"], registry=registry
         )
+        self.shadow_tokens = Counter(
+            "helios_shadow_tokens", "Served tokens replayed at full depth (shadow check).", model, registry=registry
+        )
+        self.shadow_matches = Counter(
+            "helios_shadow_matches",
+            "Of the shadow-checked tokens, those equal to the full-depth greedy choice.",
+            model,
+            registry=registry,
+        )
+        self._shadow_totals: dict[str, tuple[int, int]] = {}  # model -> (tokens, matches) so far
         self.running = Gauge("helios_num_requests_running", "Requests in the running batch.", model, registry=registry)
         self.waiting = Gauge("helios_num_requests_waiting", "Requests queued for a slot.", model, registry=registry)
         self.kv_cache_usage = Gauge(
@@ -302,6 +312,20 @@ class WorkerMetrics:
 
     def record_shadow_agreement(self, agreement: float) -> None:
         self.shadow_agreement.labels(self.model).set(agreement)
+
+    def record_shadow_result(self, num_tokens: int, num_matches: int) -> None:
+        """A scored batch of shadow samples; the agreement gauge is the model's cumulative share."""
+        if not 0 <= num_matches <= num_tokens:
+            raise ValueError(f"matches must be in 0..tokens, got {num_matches} of {num_tokens}")
+        model = self.model
+        with self._lock:
+            tokens, matches = self._shadow_totals.get(model, (0, 0))
+            tokens, matches = tokens + num_tokens, matches + num_matches
+            self._shadow_totals[model] = (tokens, matches)
+        self.shadow_tokens.labels(model).inc(num_tokens)
+        self.shadow_matches.labels(model).inc(num_matches)
+        if tokens:
+            self.record_shadow_agreement(matches / tokens)
 
     def publish_evaluation(self, report: EvaluationReport) -> None:
         """Expose a candidate's evaluation curves (replacing that candidate's previous report)."""

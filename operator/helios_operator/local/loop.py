@@ -29,6 +29,7 @@ from helios_operator.local.evaluate import (
 )
 from helios_operator.local.proxy import Proxy, ProxyServer
 from helios_operator.local.serving import LayerChangeFailed, Serving
+from helios_operator.local.shadow import ShadowCheck
 from helios_operator.local.snapshot import MAX_SERIES_POINTS, RunStatus, SeriesPoint
 from helios_operator.local.state import (
     LogEntry,
@@ -128,6 +129,11 @@ class LocalRun:
             command=options.worker_command,
         )
         self.serving = Serving(self.proxy, supervisor, self.client, options.drain_timeout, self._log_handover)
+        self.shadow = (
+            ShadowCheck(supervisor, self.client, lambda message: self._log("error", message))
+            if spec.monitoring.shadow.fraction > 0
+            else None
+        )
         self.adapt_state: AdaptState | None = None
         self._last_counters: WorkerCounters | None = None
         self._scrape_problem: str | None = None
@@ -159,6 +165,11 @@ class LocalRun:
             if worker is not None
             else []
         )
+        scorer = self.shadow.scorer if self.shadow is not None else None
+        if scorer is not None:  # so that a restarted run can end it too
+            workers.append(
+                WorkerRecord(pid=scorer.pid, url=scorer.url, model=scorer.settings.model, layers=scorer.settings.layers)
+            )
         self.state = self.state.model_copy(update={"workers": workers, "updated_at": self.clock()})
         save_state(self.options.state_file, self.state)
 
@@ -253,6 +264,18 @@ class LocalRun:
             layers=decision.layers,
             exit_threshold=self.spec.exit.threshold,
             record_prompts=max(32, self.spec.evaluation.prompts_per_candidate),
+            shadow_fraction=self.spec.monitoring.shadow.fraction,
+        )
+
+    def _scorer_settings(self, model: str) -> WorkerSettings:
+        """The shadow scorer: the served model with every layer, keeping no prompts or samples."""
+        total = {report.model: report.num_layers_total for report in self.state.reports}[model]
+        return WorkerSettings(
+            model=model,
+            model_ref=candidate_ref(self.spec, model),
+            layers=total,
+            exit_threshold=self.spec.exit.threshold,
+            record_prompts=0,
         )
 
     async def _start_worker(self, decision: Decision) -> None:
@@ -349,6 +372,8 @@ class LocalRun:
             return
         if self.adapt_state is None:
             raise RuntimeError("tick() before the first selection was served")
+        if self.shadow is not None and worker is not None:
+            await self.shadow.step(worker, self._scorer_settings(worker.settings.model))
         telemetry = await self.scrape()
         now = self.clock()
         state = self.adapt_state
@@ -441,6 +466,8 @@ class LocalRun:
         finally:
             self.message = "stopping: draining the worker"
             await self.serving.stop()
+            if self.shadow is not None:
+                await self.shadow.stop()
             if self.state.phase != "Failed":
                 self._set_phase("Stopped", "stopped")
             else:

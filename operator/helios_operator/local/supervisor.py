@@ -74,6 +74,7 @@ def serve_command(settings: WorkerSettings, port: int, host: str, drain_seconds:
         str(settings.record_prompts),
         "--drain-seconds",
         f"{drain_seconds:g}",
+        *(["--shadow-fraction", f"{settings.shadow_fraction:g}"] if settings.shadow_fraction else []),
     ]
 
 
@@ -84,6 +85,7 @@ class WorkerSettings:
     layers: int
     exit_threshold: float
     record_prompts: int = 32
+    shadow_fraction: float = 0.0  # share of greedy requests kept for the shadow check (local/shadow.py)
 
 
 class WorkerProcess:

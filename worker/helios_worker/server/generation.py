@@ -8,7 +8,7 @@ request on the engine. Completions and chat format the same Generation different
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from starlette.requests import Request
@@ -33,6 +33,7 @@ class Generation:
         prompt_token_ids: list[int],
         params: SamplingParams,
         stop_strings: list[str],
+        on_finished: Callable[[list[int], list[int]], None] | None = None,
     ) -> None:
         self.runner = runner
         self.prompt_token_ids = prompt_token_ids
@@ -43,6 +44,8 @@ class Generation:
         self.layer_changes: list[LayerChangeMark] = []
         self.finish_reason: str | None = None
         self._stream: RequestStream | None = None
+        # (prompt ids, served ids) of a request that ran to its end (not aborted, no error).
+        self._on_finished = on_finished
 
     @property
     def request_id(self) -> str:
@@ -85,6 +88,8 @@ class Generation:
                 if delta:
                     yield delta
                 if self.finish_reason is not None:
+                    if self._on_finished is not None and self.finish_reason != "abort":
+                        self._on_finished(self.prompt_token_ids, self.token_ids)
                     return
         finally:
             if not stream.is_finished:  # stop string, client gone, or an error above

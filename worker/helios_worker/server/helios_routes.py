@@ -1,12 +1,16 @@
-"""The worker's own API under ``/v1/helios``: layer changes, state, recent prompts, evaluation.
+"""The worker's own API under ``/v1/helios``: layer changes, state, recent prompts, shadow check, evaluation.
 
 These are what the HELIOS operator calls: ``layers`` to load more (or fewer) layers in place
 on a breach storm, ``recent-prompts`` to reassess candidates on real traffic, ``evaluation``
-for a worker running in evaluation mode.
+for a worker running in evaluation mode. The shadow check (server/shadow.py) has three:
+``shadow-samples`` (read and forget this worker's samples), ``shadow-score`` (on a worker with
+every layer loaded: score samples at full depth) and ``shadow-result`` (record a score on the
+worker that served the samples, for its /metrics).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -14,7 +18,16 @@ from fastapi.responses import JSONResponse
 
 from helios_worker.server.errors import APIError
 from helios_worker.server.openai_routes import ERROR_RESPONSES, Worker
-from helios_worker.server.protocol import LayersRequest, LayersResponse, RecentPromptsResponse, StateResponse
+from helios_worker.server.protocol import (
+    LayersRequest,
+    LayersResponse,
+    RecentPromptsResponse,
+    ShadowResult,
+    ShadowSamplesResponse,
+    ShadowScoreRequest,
+    StateResponse,
+)
+from helios_worker.server.shadow import score_samples
 
 router = APIRouter(prefix="/v1/helios", responses=ERROR_RESPONSES)
 
@@ -74,6 +87,54 @@ async def recent_prompts(worker: Worker) -> RecentPromptsResponse:
             code="prompt_recording_off",
         )
     return RecentPromptsResponse(capacity=worker.recent_prompts.capacity, prompts=worker.recent_prompts.snapshot())
+
+
+@router.get("/shadow-samples")
+async def shadow_samples(worker: Worker) -> ShadowSamplesResponse:
+    """The requests kept for the shadow check since the last read (which forgets them)."""
+    if worker.shadow_sampler is None:
+        raise APIError(
+            404,
+            "the shadow check is off on this worker; start it with --shadow-fraction F (HELIOS_SHADOW_FRACTION)",
+            code="shadow_check_off",
+        )
+    return ShadowSamplesResponse(samples=worker.shadow_sampler.drain())
+
+
+@router.post("/shadow-score")
+async def shadow_score(body: ShadowScoreRequest, worker: Worker) -> ShadowResult:
+    """Served tokens that equal this worker's full-depth greedy choice (teacher-forced)."""
+    runner = worker.loaded_runner()
+    loaded = runner.loaded
+    total = loaded.num_layers_total
+    if loaded.num_layers_loaded != total or runner.snapshot.layers_loaded != total:
+        raise APIError(
+            409,
+            f"shadow scoring needs all {total} layers; this worker has {runner.snapshot.layers_loaded} loaded",
+            code="not_full_depth",
+        )
+    vocab, max_len = loaded.config.vocab_size, runner.engine.max_seq_len
+    for index, sample in enumerate(body.samples):
+        ids = sample.prompt_token_ids + sample.token_ids
+        if len(ids) > max_len:
+            param = f"samples[{index}]"
+            raise APIError(400, f"{param}: {len(ids)} tokens exceed the context of {max_len}", param=param)
+        if not all(0 <= token < vocab for token in ids):
+            param = f"samples[{index}]"
+            raise APIError(400, f"{param}: token ids must be in 0..{vocab - 1}", param=param)
+    # A plain forward on its own thread: the engine's KV cache and loop are not touched.
+    score = await asyncio.to_thread(score_samples, loaded, body.samples)
+    return ShadowResult(tokens=score.num_tokens, matches=score.num_matches)
+
+
+@router.post("/shadow-result")
+async def shadow_result(body: ShadowResult, worker: Worker) -> ShadowResult:
+    """Add a score of this worker's samples to its shadow counters and agreement gauge."""
+    worker.loaded_runner()
+    if worker.metrics is None:
+        raise APIError(503, "the worker's metrics are not ready yet", code="metrics_not_ready")
+    worker.metrics.record_shadow_result(body.tokens, body.matches)
+    return body
 
 
 @router.get("/evaluation", response_model=Any)

@@ -70,7 +70,8 @@ def _start(
     prompt = prepare(loaded.tokenizer, loaded.config.vocab_size)
     params = sampling_params(body, len(prompt.token_ids), runner.engine.max_seq_len)
     worker.record_prompt(prompt.text)
-    generation = Generation(runner, loaded.tokenizer, prompt.token_ids, params, body.stop_strings)
+    on_finished = worker.offer_shadow_sample if params.is_greedy else None  # see server/shadow.py
+    generation = Generation(runner, loaded.tokenizer, prompt.token_ids, params, body.stop_strings, on_finished)
     generation.start()
     return generation
 

@@ -266,3 +266,38 @@ class StateResponse(BaseModel):
 class RecentPromptsResponse(BaseModel):
     capacity: int
     prompts: list[str] = Field(description="oldest first")
+
+
+class ShadowSample(BaseModel):
+    """A served greedy request: its prompt and the tokens it was answered with."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompt_token_ids: list[int] = Field(min_length=1)
+    token_ids: list[int] = Field(min_length=1)
+
+
+class ShadowSamplesResponse(BaseModel):
+    samples: list[ShadowSample] = Field(description="oldest first; the worker forgets them once read")
+
+
+class ShadowScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    samples: list[ShadowSample] = Field(max_length=1024)
+
+
+class ShadowResult(BaseModel):
+    """Of ``tokens`` served tokens replayed at full depth, ``matches`` were the full-depth choice."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    tokens: int = Field(ge=0)
+    matches: int = Field(ge=0)
+
+    @field_validator("matches")
+    @classmethod
+    def _at_most_tokens(cls, matches: int, info: Any) -> int:
+        if matches > info.data.get("tokens", matches):
+            raise ValueError("cannot exceed tokens")
+        return matches

@@ -45,6 +45,9 @@ class ServerSettings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535, description="port to listen on (0: any free port)")
     api_key: str | None = Field(default=None, description="if set, /v1/* need 'Authorization: Bearer KEY'")
     record_prompts: int = Field(default=0, ge=0, le=100_000, description="keep the last N prompt texts (0: off)")
+    shadow_fraction: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="share of finished greedy requests kept for the shadow check (0: off)"
+    )
     drain_seconds: float = Field(default=30.0, ge=0.0, description="on SIGTERM, time in-flight requests get")
     max_body_bytes: int = Field(default=1 << 20, ge=1024, description="larger request bodies get 413")
     log_level: str = Field(

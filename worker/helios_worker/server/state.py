@@ -25,10 +25,12 @@ from prometheus_client import CollectorRegistry
 from helios_worker.server.errors import APIError
 from helios_worker.server.recent_prompts import RecentPrompts
 from helios_worker.server.settings import ServerSettings
+from helios_worker.server.shadow import ShadowSampler
 
 if TYPE_CHECKING:
     from helios_worker.engine import Engine
     from helios_worker.evaluation_service import EvaluationService
+    from helios_worker.metrics import WorkerMetrics
     from helios_worker.server.runner import EngineRunner
 
 logger = logging.getLogger("helios.server")
@@ -78,6 +80,8 @@ class WorkerState:
         self.load_error: BaseException | None = None
         self.runner: EngineRunner | None = None
         self.recent_prompts = RecentPrompts(settings.record_prompts) if settings.record_prompts else None
+        self.shadow_sampler = ShadowSampler(settings.shadow_fraction) if settings.shadow_fraction else None
+        self.metrics: WorkerMetrics | None = None  # set once the model has loaded (serving mode)
         # Called on the loading thread with the new runner before it starts: set its callbacks here.
         self.runner_hooks: list[RunnerHook] = []
         self.is_evaluation_mode = settings.mode == "evaluate"
@@ -164,6 +168,14 @@ class WorkerState:
     def record_prompt(self, prompt: str) -> None:
         if self.recent_prompts is not None:
             self.recent_prompts.record(prompt)
+
+    def use_metrics(self, metrics: WorkerMetrics) -> None:
+        self.metrics = metrics
+
+    def offer_shadow_sample(self, prompt_token_ids: list[int], token_ids: list[int]) -> None:
+        """A finished greedy request, kept for the shadow check with probability --shadow-fraction."""
+        if self.shadow_sampler is not None:
+            self.shadow_sampler.offer(prompt_token_ids, token_ids)
 
     # --- stopping -------------------------------------------------------------------------
     def begin_drain(self) -> None:

@@ -8,6 +8,7 @@ layer changes reach ``/metrics``. Evaluation mode: the reports are published as 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
@@ -22,8 +23,13 @@ if TYPE_CHECKING:
     from helios_worker.server.state import RunnerHook
 
 
-def serving_metrics_hook(registry: CollectorRegistry) -> RunnerHook:
-    """A runner hook (``WorkerState.runner_hooks``) that wires the runner's callbacks to fresh metrics."""
+def serving_metrics_hook(
+    registry: CollectorRegistry, on_metrics: Callable[[WorkerMetrics], None] | None = None
+) -> RunnerHook:
+    """A runner hook (``WorkerState.runner_hooks``) that wires the runner's callbacks to fresh metrics.
+
+    ``on_metrics`` gets the metrics too (the shadow-result route records into them).
+    """
 
     def attach(runner: EngineRunner) -> None:
         metrics = WorkerMetrics.for_model(registry, runner.loaded)
@@ -31,6 +37,8 @@ def serving_metrics_hook(registry: CollectorRegistry) -> RunnerHook:
         runner.on_step = metrics.on_step
         runner.on_request_done = metrics.on_request_done
         runner.on_layers_changed = metrics.set_layers
+        if on_metrics is not None:
+            on_metrics(metrics)
 
     return attach
 

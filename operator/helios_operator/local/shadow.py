@@ -1,0 +1,129 @@
+"""The shadow accuracy check of ``helios run``: replay served requests at full depth.
+
+With ``monitoring.shadow.fraction > 0`` the serving worker keeps that share of its finished
+greedy requests. A second worker of the served model with every layer loaded (the scorer)
+replays them teacher-forced; the serving worker records the score, so the agreement reaches
+its /metrics as ``helios_shadow_tokens_total`` / ``helios_shadow_matches_total`` and from there
+the policy's shadow window like any other counter. Each monitoring round moves the samples:
+serving worker -> scorer -> serving worker. The scorer starts in the background (the loop does
+not wait for a model to load) and is replaced when the served model changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+from helios_operator.local.serving import Starter, Worker
+from helios_operator.local.supervisor import WorkerFailed, WorkerSettings
+
+SAMPLES_PATH = "/v1/helios/shadow-samples"
+SCORE_PATH = "/v1/helios/shadow-score"
+RESULT_PATH = "/v1/helios/shadow-result"
+SCORE_TIMEOUT_SECONDS = 120.0
+
+
+class ShadowFailed(RuntimeError):
+    """A step of the round trip failed; the message names the URL and the answer."""
+
+
+@dataclass(frozen=True)
+class ShadowScore:
+    num_tokens: int
+    num_matches: int
+
+
+async def _call(client: httpx.AsyncClient, method: str, url: str, body: dict | None = None) -> dict:
+    try:
+        response = await client.request(method, url, json=body, timeout=SCORE_TIMEOUT_SECONDS)
+    except httpx.HTTPError as error:
+        raise ShadowFailed(f"{url}: {error}") from error
+    if response.status_code != 200:
+        raise ShadowFailed(f"{url} answered {response.status_code}: {response.text[:300]}")
+    try:
+        return dict(response.json())
+    except (ValueError, TypeError) as error:
+        raise ShadowFailed(f"{url} answered something that is not a JSON object") from error
+
+
+async def shadow_round(client: httpx.AsyncClient, serving_url: str, scorer_url: str) -> ShadowScore | None:
+    """Samples from the serving worker -> scored by the scorer -> recorded on the serving worker.
+
+    None when there were no samples. The samples are gone from the serving worker once read,
+    so a failure after that loses them (they are a sample; the next round has new ones).
+    """
+    samples = (await _call(client, "GET", serving_url + SAMPLES_PATH)).get("samples")
+    if not isinstance(samples, list):
+        raise ShadowFailed(f"{serving_url}{SAMPLES_PATH} answered without a samples list")
+    if not samples:
+        return None
+    score = await _call(client, "POST", scorer_url + SCORE_PATH, {"samples": samples})
+    result = {"tokens": score.get("tokens"), "matches": score.get("matches")}
+    await _call(client, "POST", serving_url + RESULT_PATH, result)
+    return ShadowScore(num_tokens=int(result["tokens"] or 0), num_matches=int(result["matches"] or 0))
+
+
+class ShadowCheck:
+    """Owns the scorer worker; ``step`` once per monitoring round, ``stop`` on exit."""
+
+    def __init__(self, starter: Starter, client: httpx.AsyncClient, say: Callable[[str], None]) -> None:
+        self.starter = starter
+        self.client = client
+        self.scorer: Worker | None = None
+        self._say = say
+        self._starting: asyncio.Task[Worker] | None = None
+        self._wanted: WorkerSettings | None = None
+        self._problem: str | None = None
+
+    async def step(self, serving: Worker, scorer_settings: WorkerSettings) -> ShadowScore | None:
+        """Make sure a scorer for the served model runs (or is starting); score if it is ready."""
+        scorer = await self._scorer_for(scorer_settings)
+        if scorer is None:
+            return None
+        try:
+            score = await shadow_round(self.client, serving.url, scorer.url)
+        except ShadowFailed as error:
+            self._report(f"shadow check failed: {error}")
+            return None
+        self._problem = None
+        return score
+
+    async def _scorer_for(self, settings: WorkerSettings) -> Worker | None:
+        if self._wanted != settings:  # first round, or the served model changed
+            await self.stop()
+            self._wanted = settings
+            self._starting = asyncio.create_task(self.starter.start(settings))
+        if self.scorer is not None and not self.scorer.is_running:
+            self._report(f"shadow scorer (pid {self.scorer.pid}) exited with status {self.scorer.returncode}")
+            self.scorer = None
+            self._starting = asyncio.create_task(self.starter.start(settings))
+        if self._starting is not None and self._starting.done():
+            task, self._starting = self._starting, None
+            try:
+                self.scorer = task.result()
+            except WorkerFailed as error:
+                self._report(f"shadow scorer for {settings.model} did not start: {error}")
+                self._starting = asyncio.create_task(self.starter.start(settings))
+                return None
+            self._say(f"shadow scorer {settings.model} with all {settings.layers} layers at {self.scorer.url}")
+        return self.scorer
+
+    def _report(self, problem: str) -> None:
+        if problem != self._problem:  # once per distinct problem, not every round
+            self._say(problem)
+        self._problem = problem
+
+    async def stop(self) -> None:
+        if self._starting is not None:
+            self._starting.cancel()  # the supervisor stops a worker it was starting
+            with contextlib.suppress(asyncio.CancelledError, WorkerFailed):
+                await self._starting
+            self._starting = None
+        if self.scorer is not None:
+            await self.starter.stop(self.scorer)
+            self.scorer = None
+        self._wanted = None
