@@ -275,8 +275,9 @@ class Engine:
         # per-row inputs of the running rows; re-sliced only when rows leave
         run_slots, run_positions, run_mask, run_pos_in = slots, positions, mask, pos_in
         layer_evals = 0
+        # The binding (and its contiguity check) holds for every layer until rows leave.
+        self.cache.bind(run_slots, run_positions, context_len)
         for index, layer in enumerate(self.loaded.layers[: self.active_layers]):
-            self.cache.bind(run_slots, run_positions, context_len)
             hidden = self.family.run_layer(layer, hidden, run_mask, run_positions, run_pos_in, self.cache)
             layer_evals += len(running)
             if index + 1 not in exit_layers:
@@ -291,6 +292,7 @@ class Engine:
                 break
             run_slots, run_positions, run_mask = slots[running], positions[running], mask[running]
             run_pos_in = _rows(pos_in, running)
+            self.cache.bind(run_slots, run_positions, context_len)
         self._fill_skipped_kv(slots, positions, exit_at, exit_state, pos_in)
         self.exit_hidden[slots, positions[:, 0]] = exit_state[:, 0]
         for seq in seqs:
