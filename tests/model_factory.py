@@ -15,6 +15,7 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen3Config,
+    SmolLM3Config,
 )
 
 VOCAB = 320
@@ -48,6 +49,8 @@ CONFIGS = {
     "mistral": lambda: _llama_like(MistralConfig, sliding_window=None),
     "qwen2": lambda: _llama_like(Qwen2Config),
     "qwen3": lambda: _llama_like(Qwen3Config, head_dim=16),
+    # every second layer without rotary (NoPE), as SmolLM3 interleaves them
+    "smollm3": lambda: _llama_like(SmolLM3Config, no_rope_layers=[1, 0, 1, 0], use_sliding_window=False),
     "opt": lambda: OPTConfig(
         vocab_size=VOCAB,
         hidden_size=64,

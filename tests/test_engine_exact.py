@@ -11,7 +11,7 @@ from helios_worker.engine import Engine, EngineConfig
 from helios_worker.loading import load_model
 from helios_worker.sampling import SamplingParams
 from tests.conftest import ARCHITECTURES
-from tests.reference_early_exit import reference_generate
+from tests.reference_early_exit import HFModel, reference_generate
 
 PROMPTS = ["the quick brown fox", "def add(a, b):", "kubernetes operators reconcile custom resources and"]
 NEW_TOKENS = 12
@@ -75,6 +75,7 @@ def test_truncated_stack_matches_hf_model_cut_by_hand(tiny_model, arch):
 @pytest.mark.parametrize("layers", [3, 4])
 def test_early_exit_tokens_match_the_one_token_oracle(tiny_model, arch, layers):
     loaded = load_model(str(tiny_model(arch)), layers=layers)
+    hf = HFModel(tiny_model(arch), layers)
     prompts = _prompt_ids(loaded.tokenizer)
     distinct_exit_layers = set()
     for threshold in (0.05, 0.2, 0.4, 0.6, 0.9, 0.97):  # random weights: where exits mix varies
@@ -82,7 +83,7 @@ def test_early_exit_tokens_match_the_one_token_oracle(tiny_model, arch, layers):
         outputs = engine.generate(prompts, GREEDY)
         exits_seen = set()
         for prompt, output in zip(prompts, outputs, strict=True):
-            tokens, exits = reference_generate(loaded, prompt, NEW_TOKENS, threshold, engine.exit_layers)
+            tokens, exits = reference_generate(hf, prompt, NEW_TOKENS, threshold, engine.exit_layers)
             assert output.token_ids == tokens
             assert output.exit_layers == exits
             exits_seen.update(exits)

@@ -1,23 +1,23 @@
 """Where each supported model family keeps its pieces, and the few calls that differ.
 
 The engine treats a decoder-only model as: embed -> decoder layers -> exit head (final norm +
-LM head). HF's decoder layer modules are used as they are; a family only says where its
-modules live, how positions enter, and how to compute one layer's K/V from a hidden state
-(used to fill the KV cache of layers a token skipped).
+LM head). The Llama family runs our own compact layer (``helios_worker.llama_block``) built
+from the HF weights at load time; GPT-2 and OPT keep HF's decoder layer modules. A family
+says where its modules live, how positions enter, and how to compute one layer's K/V from a
+hidden state (used to fill the KV cache of layers a token skipped).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+from helios_worker.llama_block import LlamaBlock
 
 
 def split_heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
@@ -42,25 +42,22 @@ class Family:
         return f"{self.layers_path}.{index}."
 
     # --- the calls that differ ------------------------------------------------------------
-    def position_inputs(self, model: nn.Module, hidden: torch.Tensor, positions: torch.Tensor) -> Any:
-        """Whatever the layers need to know about positions (rotary cos/sin, or nothing)."""
+    def compile_layer(self, layer: nn.Module, config: Any, index: int) -> nn.Module:
+        """The module the engine runs for a freshly loaded HF decoder layer (default: the layer itself)."""
+        return layer
+
+    def rotary(self, model: nn.Module, hidden: torch.Tensor, positions: torch.Tensor) -> Any:
+        """Rotary (cos, sin) [rows, seq, head_dim] for ``positions``, or None for learned positions."""
         return None
 
     def embed(self, model: nn.Module, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def run_layer(
-        self,
-        layer: nn.Module,
-        hidden: torch.Tensor,
-        mask: torch.Tensor,
-        positions: torch.Tensor,
-        pos_in: Any,
-        cache,
-    ) -> torch.Tensor:
+    def run_layer(self, layer: nn.Module, hidden: torch.Tensor, batch, cache) -> torch.Tensor:
+        """``hidden`` [rows, seq, hidden] through ``layer`` for ``batch``'s rows, writing their K/V."""
         raise NotImplementedError
 
-    def project_kv(self, layer: nn.Module, hidden: torch.Tensor, pos_in: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    def project_kv(self, layer: nn.Module, hidden: torch.Tensor, rotary: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V that ``layer`` would cache for a token whose input to this layer is ``hidden``."""
         raise NotImplementedError
 
@@ -68,41 +65,48 @@ class Family:
         raise NotImplementedError
 
 
-class LlamaFamily(Family):
-    """Llama, Mistral, Qwen2/Qwen3, SmolLM: pre-norm, rotary positions, GQA."""
+@functools.cache
+def _cache_kwarg(layer_type: type) -> str:
+    """HF renamed the decoder layers' cache argument (``past_key_values`` -> ``cache`` in 5.x)."""
+    parameters = inspect.signature(layer_type.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
 
-    def position_inputs(self, model, hidden, positions):
+
+class HFLayerFamily(Family):
+    """Families that run HF's own decoder layer modules through the ``SlotKVCache.update`` protocol."""
+
+    def run_layer(self, layer, hidden, batch, cache):
+        cache.bind(batch.slots, batch.positions, batch.context_len)
+        kwargs = {_cache_kwarg(type(layer)): cache, "attention_mask": batch.mask}
+        return self._call(layer, hidden, batch, kwargs)
+
+    def _call(self, layer, hidden, batch, kwargs) -> torch.Tensor:
+        return layer(hidden, **kwargs)
+
+
+class LlamaFamily(Family):
+    """Llama, Mistral, Qwen2/Qwen3, SmolLM2/3: pre-norm, rotary positions, GQA; our own layer math."""
+
+    def compile_layer(self, layer, config, index):
+        return LlamaBlock(layer, config, index)
+
+    def rotary(self, model, hidden, positions):
         return model.model.rotary_emb(hidden, positions)
 
     def embed(self, model, input_ids, positions):
         return model.model.embed_tokens(input_ids)
 
-    def run_layer(self, layer, hidden, mask, positions, pos_in, cache):
-        return layer(
-            hidden,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            position_embeddings=pos_in,
-        )
+    def run_layer(self, layer, hidden, batch, cache):
+        return layer(hidden, batch, cache)
 
-    def project_kv(self, layer, hidden, pos_in):
-        attn = layer.self_attn
-        normed = layer.input_layernorm(hidden)
-        key = attn.k_proj(normed).view(*normed.shape[:-1], -1, attn.head_dim)
-        if hasattr(attn, "k_norm"):  # Qwen3 normalises K per head before rotary
-            key = attn.k_norm(key)
-        key = key.transpose(1, 2)
-        cos, sin = (t.unsqueeze(1) for t in pos_in)
-        key = key * cos + rotate_half(key) * sin
-        value = split_heads(attn.v_proj(normed), attn.head_dim)
-        return key, value
+    def project_kv(self, layer, hidden, rotary):
+        return layer.project_kv(hidden, rotary)
 
     def exit_head(self, model, hidden):
         return model.lm_head(model.model.norm(hidden))
 
 
-class OPTFamily(Family):
+class OPTFamily(HFLayerFamily):
     """OPT (the paper's models): learned positions with an offset, optional in/out projections."""
 
     def embed(self, model, input_ids, positions):
@@ -114,10 +118,10 @@ class OPTFamily(Family):
         pos_embeds = nn.Embedding.forward(decoder.embed_positions, positions + decoder.embed_positions.offset)
         return hidden + pos_embeds
 
-    def run_layer(self, layer, hidden, mask, positions, pos_in, cache):
-        return layer(hidden, attention_mask=mask, position_ids=positions, past_key_values=cache)
+    def _call(self, layer, hidden, batch, kwargs):
+        return layer(hidden, position_ids=batch.positions, **kwargs)
 
-    def project_kv(self, layer, hidden, pos_in):
+    def project_kv(self, layer, hidden, rotary):
         attn = layer.self_attn
         normed = layer.self_attn_layer_norm(hidden) if layer.do_layer_norm_before else hidden
         return split_heads(attn.k_proj(normed), attn.head_dim), split_heads(attn.v_proj(normed), attn.head_dim)
@@ -131,16 +135,13 @@ class OPTFamily(Family):
         return model.lm_head(hidden)
 
 
-class GPT2Family(Family):
+class GPT2Family(HFLayerFamily):
     """GPT-2: learned absolute positions, fused QKV projection (Conv1D)."""
 
     def embed(self, model, input_ids, positions):
         return model.transformer.wte(input_ids) + model.transformer.wpe(positions)
 
-    def run_layer(self, layer, hidden, mask, positions, pos_in, cache):
-        return layer(hidden, past_key_values=cache, attention_mask=mask)
-
-    def project_kv(self, layer, hidden, pos_in):
+    def project_kv(self, layer, hidden, rotary):
         attn = layer.attn
         _, key, value = attn.c_attn(layer.ln_1(hidden)).split(attn.split_size, dim=2)
         return split_heads(key, attn.head_dim), split_heads(value, attn.head_dim)

@@ -3,7 +3,8 @@
 Each decode step runs embed -> layers[:L] with an exit test at every exit layer; a row that
 is confident (max softmax >= threshold) leaves the batch there and later layers run only for
 the rows still going. A row reaching layer L exits there anyway (greedy exit); below the
-threshold that is a confidence breach.
+threshold that is a confidence breach. The exit test is gated (``helios_worker.gates``): an
+O(hidden) check picks the rows that get the LM head at all.
 
 KV of skipped layers (CALM-style state copy): a token that exits at layer e never computes
 layers e+1..L, but later tokens attend to its K/V there. We fill them by projecting the
@@ -19,10 +20,11 @@ import itertools
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
+from helios_worker.batch import DecodeBatch, prepare_decode, prepare_prefill
+from helios_worker.gates import GATE_NAMES, ExitGate, make_gate
 from helios_worker.kv_cache import SlotKVCache
 from helios_worker.loading import LoadedModel
 from helios_worker.sampling import SamplingParams, sample
@@ -45,8 +47,12 @@ class EngineConfig:
     # Evaluation mode: run every layer for every token, recording the head's confidence and top
     # token at each layer (TokenStats.layer_confidences / layer_tokens); tokens exit only at L.
     probe_layers: bool = False
+    exit_gate: str = "none"  # helios_worker.gates.GATE_NAMES
+    gate_threshold: float | None = None  # None: the gate's own default
 
     def __post_init__(self) -> None:
+        if self.exit_gate not in GATE_NAMES:
+            raise ValueError(f"exit_gate must be one of {', '.join(GATE_NAMES)}, got {self.exit_gate!r}")
         if self.max_batch_size < 1 or self.max_seq_len < 2:
             raise ValueError("max_batch_size must be >= 1 and max_seq_len >= 2")
         if not 0.0 < self.exit_threshold <= 1.0:
@@ -69,19 +75,11 @@ class Sequence:
         return self.output.token_ids[-1]
 
 
-def _rows(value: Any, index: torch.Tensor) -> Any:
-    """Select batch rows of a tensor or of a tuple of tensors (rotary cos/sin); None stays None."""
-    if value is None:
-        return None
-    if isinstance(value, tuple):
-        return tuple(v[index] for v in value)
-    return value[index]
-
-
 class Engine:
-    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
+    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None, gate: ExitGate | None = None) -> None:
         self.loaded = loaded
         self.config = config or EngineConfig()
+        self.gate = gate or make_gate(self.config.exit_gate, self.config.gate_threshold)
         self.family = loaded.family
         self.model = loaded.model
         model_config = loaded.config
@@ -109,6 +107,7 @@ class Engine:
         self.eos_token_ids = self._eos_token_ids()
         self._ids = itertools.count()
         self._probe_states: list[torch.Tensor] = []  # probe mode: [rows, hidden] after each layer
+        self._num_head_rows = 0  # rows that went through the LM head this step
 
     # --- public API ---------------------------------------------------------------------
     @property
@@ -165,6 +164,7 @@ class Engine:
         start = time.perf_counter()
         decoding = list(self.running)
         admitted = self._admit()
+        self._num_head_rows = 0
         if admitted:
             self._prefill(admitted)
         num_layer_evals = self._decode(decoding) if decoding else 0
@@ -175,6 +175,7 @@ class Engine:
             num_waiting=len(self.waiting),
             num_running=len(self.running),
             num_layer_evals=num_layer_evals,
+            num_head_rows=self._num_head_rows,
             duration_seconds=time.perf_counter() - start,
             kv_cache_usage=sum(s.num_cached for s in self.running) / (self.cache.num_slots * self.max_seq_len),
         )
@@ -205,10 +206,12 @@ class Engine:
         self.cache.resize(num_layers)
         self.active_layers = num_layers
         for seq in self.running:
-            positions = torch.arange(seq.num_cached, device=self.loaded.device)
+            positions = torch.arange(seq.num_cached, device=self.loaded.device)[None]  # [1, seq]
             slots = torch.tensor([seq.slot], device=self.loaded.device)
             hidden = self.exit_hidden[seq.slot, : seq.num_cached][None]  # [1, seq, hidden]
-            self._fill_kv(range(old, num_layers), hidden, slots, positions[None])
+            rotary = self.family.rotary(self.model, hidden, positions)
+            for index in range(old, num_layers):
+                self._write_projected_kv(index, hidden, slots, positions, rotary)
 
     # --- the hot path -------------------------------------------------------------------
     def _admit(self) -> list[Sequence]:
@@ -234,88 +237,107 @@ class Engine:
         """
         device = self.loaded.device
         lengths = [len(s.output.prompt_token_ids) for s in seqs]
+        slots = [s.slot for s in seqs]  # kept: a request finishing on its first token frees its slot
         width = max(lengths)
         input_ids = torch.zeros(len(seqs), width, dtype=torch.long, device=device)  # [rows, seq]
         for row, seq in enumerate(seqs):
             input_ids[row, : lengths[row]] = torch.tensor(seq.output.prompt_token_ids, device=device)
         positions = torch.arange(width, device=device).expand(len(seqs), width)  # [rows, seq]
-        slots = torch.tensor([s.slot for s in seqs], device=device)
-        last = torch.tensor(lengths, device=device) - 1  # [rows]: each prompt's last position
         hidden = self.family.embed(self.model, input_ids, positions)  # [rows, seq, hidden]
-        pos_in = self.family.position_inputs(self.model, hidden, positions)
-        mask = torch.full((width, width), torch.finfo(hidden.dtype).min, dtype=hidden.dtype, device=device)
-        mask = mask.triu(1)[None, None]  # [1, 1, seq, seq] additive causal mask, shared by all rows
-        self.cache.bind(slots, positions, width)
+        batch = prepare_prefill(slots, positions, hidden.dtype, self._rotary_for(hidden))
+        last = torch.tensor(lengths, device=device) - 1  # [rows]: each prompt's last position
         exit_layers = set(self.exit_layers)
-        undecided = torch.arange(len(seqs), device=device)  # rows whose first token is not chosen yet
+        undecided = list(range(len(seqs)))  # rows whose first token is not chosen yet
         for index, layer in enumerate(self.loaded.layers[: self.active_layers]):
-            hidden = self.family.run_layer(layer, hidden, mask, positions, pos_in, self.cache)
-            if undecided.numel() and index + 1 in exit_layers:
-                last_states = hidden[undecided, last[undecided]][:, None]  # [undecided, 1, hidden]
-                decided = self._exit_test(seqs, undecided, last_states, index + 1)
-                undecided = undecided[~decided]
+            before = hidden
+            hidden = self.family.run_layer(layer, hidden, batch, self.cache)
+            if undecided and index + 1 in exit_layers:
+                rows = torch.tensor(undecided, device=device)
+                state_in = before[rows, last[rows]][:, None]  # [undecided, 1, hidden]
+                state_out = hidden[rows, last[rows]][:, None]
+                leaving = set(self._exit_test(seqs, undecided, state_in, state_out, index + 1))
+                undecided = [row for i, row in enumerate(undecided) if i not in leaving]
         for row, seq in enumerate(seqs):
-            self.exit_hidden[seq.slot, : lengths[row]] = hidden[row, : lengths[row]]
+            if not seq.output.finished:
+                self.exit_hidden[slots[row], : lengths[row]] = hidden[row, : lengths[row]]
             seq.num_cached = lengths[row]
 
     def _decode(self, seqs: list[Sequence]) -> int:
         """One token for each of ``seqs``; returns the number of decoder layers computed (rows x layers)."""
         device = self.loaded.device
-        slots = torch.tensor([s.slot for s in seqs], device=device)
-        positions = torch.tensor([s.num_cached for s in seqs], device=device)[:, None]  # [rows, 1]
         input_ids = torch.tensor([s.last_token for s in seqs], device=device)[:, None]  # [rows, 1]
-        context_len = int(positions.max()) + 1
-        hidden = self.family.embed(self.model, input_ids, positions)  # [rows, 1, hidden]
-        pos_in = self.family.position_inputs(self.model, hidden, positions)
-        mask = self._decode_mask(positions, context_len, hidden.dtype)  # [rows, 1, 1, context]
+        positions = [s.num_cached for s in seqs]
+        hidden = self.family.embed(self.model, input_ids, torch.tensor(positions, device=device)[:, None])
+        batch = full = prepare_decode([s.slot for s in seqs], positions, device, hidden.dtype, self._rotary_for(hidden))
         exit_layers = set(self.exit_layers)
-        exit_at = torch.full((len(seqs),), self.active_layers, device=device)
-        exit_state = torch.empty_like(hidden)
-        running = torch.arange(len(seqs), device=device)  # rows still going
-        # per-row inputs of the running rows; re-sliced only when rows leave
-        run_slots, run_positions, run_mask, run_pos_in = slots, positions, mask, pos_in
+        exit_at = [self.active_layers] * len(seqs)
+        exit_state = torch.empty_like(hidden)  # [rows, 1, hidden]: each row's state when it left
+        running = list(range(len(seqs)))  # rows (indices into seqs) still going
         layer_evals = 0
-        # The binding (and its contiguity check) holds for every layer until rows leave.
-        self.cache.bind(run_slots, run_positions, context_len)
         for index, layer in enumerate(self.loaded.layers[: self.active_layers]):
-            hidden = self.family.run_layer(layer, hidden, run_mask, run_positions, run_pos_in, self.cache)
-            layer_evals += len(running)
+            before = hidden
+            hidden = self.family.run_layer(layer, hidden, batch, self.cache)
+            layer_evals += hidden.shape[0]
             if index + 1 not in exit_layers:
                 continue
-            leaving = self._exit_test(seqs, running, hidden, index + 1)
-            if not leaving.any():
+            leaving = self._exit_test(seqs, running, before, hidden, index + 1)
+            if not leaving:
                 continue
-            exit_at[running[leaving]] = index + 1
-            exit_state[running[leaving]] = hidden[leaving]
-            running, hidden = running[~leaving], hidden[~leaving]
-            if running.numel() == 0:
+            for i in leaving:
+                exit_at[running[i]] = index + 1
+            exit_state[torch.tensor([running[i] for i in leaving], device=device)] = hidden[
+                torch.tensor(leaving, device=device)
+            ]
+            gone = set(leaving)
+            keep = [i for i in range(len(running)) if i not in gone]
+            if not keep:
                 break
-            run_slots, run_positions, run_mask = slots[running], positions[running], mask[running]
-            run_pos_in = _rows(pos_in, running)
-            self.cache.bind(run_slots, run_positions, context_len)
-        self._fill_skipped_kv(slots, positions, exit_at, exit_state, pos_in)
-        self.exit_hidden[slots, positions[:, 0]] = exit_state[:, 0]
+            running = [running[i] for i in keep]
+            hidden = hidden[torch.tensor(keep, device=device)]
+            batch = batch.select(keep)
+        self._fill_skipped_kv(full, exit_at, exit_state)
+        self.exit_hidden[full.slots, full.positions[:, 0]] = exit_state[:, 0]
         for seq in seqs:
             seq.num_cached += 1
         return layer_evals
 
-    def _exit_test(self, seqs: list[Sequence], running: torch.Tensor, hidden: torch.Tensor, layer: int):
-        """Emit tokens for the running rows that exit at ``layer``; return their mask over ``running``.
+    def _rotary_for(self, hidden: torch.Tensor):
+        return lambda positions: self.family.rotary(self.model, hidden, positions)
 
-        ``hidden`` is [rows, 1, hidden] for the rows in ``running`` (indices into ``seqs``).
+    def _exit_test(
+        self, seqs: list[Sequence], running: list[int], before: torch.Tensor, after: torch.Tensor, layer: int
+    ) -> list[int]:
+        """Emit tokens for the rows that exit at ``layer``; return their indices into ``running``.
+
+        ``before``/``after`` are [rows, 1, hidden]: the layer's input and output for the rows in
+        ``running`` (indices into ``seqs``). Only rows the gate passes get the head; at the last
+        layer every row does (greedy exit).
         """
         if self.config.probe_layers:
-            return self._probe_test(seqs, running, hidden, layer)
-        logits = self.family.exit_head(self.model, hidden[:, -1])  # [rows, vocab]
-        confidence, greedy = logits.float().softmax(-1).max(-1)
-        if layer == self.active_layers:
-            leaving = torch.ones_like(confidence, dtype=torch.bool)
+            return self._probe_test(seqs, running, after, layer)
+        is_last = layer == self.active_layers
+        if is_last:
+            candidates = list(range(len(running)))
+            states = after[:, -1]
         else:
-            leaving = confidence >= self.config.exit_threshold
-        self._emit_rows(seqs, running, leaving, logits, confidence, greedy, layer)
+            passed = self.gate.passes(layer, before[:, -1], after[:, -1])  # [rows] bool
+            candidates = passed.nonzero()[:, 0].tolist()
+            if not candidates:
+                return []
+            states = after[:, -1] if len(candidates) == len(running) else after[passed, -1]
+        self._num_head_rows += len(candidates)
+        logits = self.family.exit_head(self.model, states)  # [candidates, vocab]
+        confidence, greedy = logits.float().softmax(-1).max(-1)
+        confident = range(len(candidates)) if is_last else (confidence >= self.config.exit_threshold).nonzero()[:, 0]
+        leaving = []
+        for j in [int(j) for j in confident]:
+            seq = seqs[running[candidates[j]]]
+            token = int(greedy[j]) if seq.params.is_greedy else sample(logits[j], seq.params, seq.generator)
+            self._emit(seq, token, float(confidence[j]), layer)
+            leaving.append(candidates[j])
         return leaving
 
-    def _probe_test(self, seqs: list[Sequence], running: torch.Tensor, hidden: torch.Tensor, layer: int):
+    def _probe_test(self, seqs: list[Sequence], running: list[int], hidden: torch.Tensor, layer: int) -> list[int]:
         """Evaluation mode: keep every layer's state; at the last layer apply the head to all at once.
 
         One [layers x rows] head matmul and one host transfer beat a head, a softmax and a sync
@@ -323,36 +345,34 @@ class Engine:
         """
         self._probe_states.append(hidden[:, -1])
         if layer < self.active_layers:
-            return torch.zeros(len(running), dtype=torch.bool, device=hidden.device)
+            return []
         states, self._probe_states = torch.stack(self._probe_states), []  # [layers, rows, hidden]
         logits = self.family.exit_head(self.model, states)  # [layers, rows, vocab]
+        self._num_head_rows += states.shape[0] * states.shape[1]
         confidence, top = logits.float().softmax(-1).max(-1)  # [layers, rows]
-        for column, row in enumerate(running.tolist()):
-            seqs[row].probe = list(zip(confidence[:, column].tolist(), top[:, column].tolist(), strict=True))
-        leaving = torch.ones(len(running), dtype=torch.bool, device=hidden.device)
-        self._emit_rows(seqs, running, leaving, logits[-1], confidence[-1], top[-1], layer)
-        return leaving
+        for column, row in enumerate(running):
+            seq = seqs[row]
+            seq.probe = list(zip(confidence[:, column].tolist(), top[:, column].tolist(), strict=True))
+            greedy = int(top[-1, column])
+            token = greedy if seq.params.is_greedy else sample(logits[-1, column], seq.params, seq.generator)
+            self._emit(seq, token, float(confidence[-1, column]), layer)
+        return list(range(len(running)))
 
-    def _emit_rows(self, seqs, running, leaving, logits, confidence, greedy, layer: int) -> None:
-        for row in leaving.nonzero()[:, 0].tolist():
-            seq = seqs[int(running[row])]
-            token = int(greedy[row]) if seq.params.is_greedy else sample(logits[row], seq.params, seq.generator)
-            self._emit(seq, token, float(confidence[row]), layer)
-
-    def _fill_skipped_kv(self, slots, positions, exit_at, exit_state, pos_in) -> None:
+    def _fill_skipped_kv(self, batch: DecodeBatch, exit_at: list[int], exit_state: torch.Tensor) -> None:
         """Write K/V for the layers each row skipped, projected from its exit hidden state."""
-        first_skipped = int(exit_at.min())
-        for index in range(first_skipped, self.active_layers):
-            rows = (exit_at <= index).nonzero()[:, 0]  # rows that exited before layer index+1
-            self._fill_kv([index], exit_state[rows], slots[rows], positions[rows], _rows(pos_in, rows))
+        device = exit_state.device
+        for index in range(min(exit_at), self.active_layers):
+            rows = [row for row, layer in enumerate(exit_at) if layer <= index]  # exited before layer index+1
+            index_rows = torch.tensor(rows, device=device)
+            rotary = None if batch.rotary is None else tuple(t[index_rows] for t in batch.rotary)
+            self._write_projected_kv(
+                index, exit_state[index_rows], batch.slots[index_rows], batch.positions[index_rows], rotary
+            )
 
-    def _fill_kv(self, layer_indices, hidden, slots, positions, pos_in=None) -> None:
-        if pos_in is None:
-            pos_in = self.family.position_inputs(self.model, hidden, positions)
-        self.cache.bind(slots, positions, 0)
-        for index in layer_indices:
-            key, value = self.family.project_kv(self.loaded.layers[index], hidden, pos_in)
-            self.cache.write(index, key, value)
+    def _write_projected_kv(self, index: int, hidden, slots, positions, rotary) -> None:
+        """Cache, at layer ``index``, the K/V it would compute for input ``hidden`` [rows, seq, hidden]."""
+        key, value = self.family.project_kv(self.loaded.layers[index], hidden, rotary)
+        self.cache.write(index, slots, positions, key, value)
 
     # --- bookkeeping --------------------------------------------------------------------
     def _emit(self, seq: Sequence, token: int, confidence: float, layer: int) -> None:
@@ -390,13 +410,6 @@ class Engine:
             self.free_slots.append(seq.slot)
             self.free_slots.sort()  # lowest slots first keeps batches contiguous (cache views)
             seq.slot = -1
-
-    @staticmethod
-    def _decode_mask(positions: torch.Tensor, context_len: int, dtype: torch.dtype) -> torch.Tensor:
-        span = torch.arange(context_len, device=positions.device)[None, :]  # [1, context]
-        blocked = span > positions  # [rows, context]: future and unused cache positions
-        mask = torch.zeros(blocked.shape, dtype=dtype, device=positions.device)
-        return mask.masked_fill_(blocked, torch.finfo(dtype).min)[:, None, None, :]
 
     def _eos_token_ids(self) -> set[int]:
         """End-of-sequence ids as HF ``generate`` sees them: generation config first, then model config."""

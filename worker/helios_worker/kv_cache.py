@@ -1,9 +1,13 @@
 """Static KV cache: one buffer per layer, one slot per running sequence, allocated once.
 
-HF attention modules call ``cache.update(key, value, layer_idx)`` and attend to whatever it
-returns; before each layer call the engine ``bind``s the rows (slots) and positions being
-computed, so the same layer call can serve any subset of the batch (rows that have not
-exited yet) without HF knowing about slots.
+Our own Llama-family layers ``write`` K/V at (slot, position) and read it back through
+``span``: a view of a contiguous run of slots, never a copy (see ``helios_worker.batch``).
+
+HF attention modules (GPT-2, OPT) call ``cache.update(key, value, layer_idx)`` and attend to
+whatever it returns; before each layer call the engine ``bind``s the rows (slots) and
+positions being computed, so the same layer call can serve any subset of the batch. When
+those rows are not contiguous, ``update`` has to gather their context: that copy is the
+price of keeping HF modules for these two families.
 """
 
 from __future__ import annotations
@@ -61,12 +65,19 @@ class SlotKVCache:
         is_run = slots.numel() == 1 or bool((slots[1:] - slots[:-1] == 1).all())
         self._contiguous = slice(first, first + slots.numel()) if is_run else None
 
-    def write(self, layer_idx: int, key: torch.Tensor, value: torch.Tensor) -> None:
-        """Store ``key``/``value`` [rows, kv_heads, seq, head_dim] at the bound slots and positions."""
-        rows = self._slots[:, None]
+    def write(
+        self, layer_idx: int, slots: torch.Tensor, positions: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> None:
+        """Store ``key``/``value`` [rows, kv_heads, seq, head_dim] at ``slots`` [rows], ``positions`` [rows, seq]."""
+        rows = slots[:, None]
         # advanced indices on dims 0 and 2 put [rows, seq] first: [rows, seq, kv_heads, head_dim]
-        self.keys[layer_idx][rows, :, self._positions] = key.transpose(1, 2)
-        self.values[layer_idx][rows, :, self._positions] = value.transpose(1, 2)
+        self.keys[layer_idx][rows, :, positions] = key.transpose(1, 2)
+        self.values[layer_idx][rows, :, positions] = value.transpose(1, 2)
+
+    def span(self, layer_idx: int, start: int, size: int, context_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of slots ``start .. start+size-1`` over positions [0, context_len): [span, kv_heads, context, dim]."""
+        end = start + size
+        return self.keys[layer_idx][start:end, :, :context_len], self.values[layer_idx][start:end, :, :context_len]
 
     def read(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V of the bound rows over the bound context: [rows, kv_heads, context_len, head_dim]."""
@@ -77,5 +88,5 @@ class SlotKVCache:
 
     # --- the interface HF attention modules call ----------------------------------------
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
-        self.write(layer_idx, key, value)
+        self.write(layer_idx, self._slots, self._positions, key, value)
         return self.read(layer_idx)

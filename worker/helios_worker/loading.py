@@ -98,6 +98,7 @@ class LoadedModel:
     bytes_loaded: int = 0
     num_layers_total: int = 0
     layer_bytes: list[int] = field(default_factory=list)
+    hf_layer_type: type | None = None  # HF's decoder layer class: new layers are loaded into it first
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -152,6 +153,13 @@ def _materialize_buffers(model: nn.Module, config: Any, device: torch.device) ->
                 raise ModelLoadError(f"cannot rebuild module {name} ({type(module).__name__}) outside the checkpoint")
             with device:
                 model.set_submodule(name, type(module)(config=config))
+
+
+def _compile_layers(model: nn.Module, family: Family, start: int = 0) -> None:
+    """Swap loaded HF layers ``start..`` for the modules the engine runs (our own math for Llama)."""
+    layers = family.layers(model)
+    for index in range(start, len(layers)):
+        layers[index] = family.compile_layer(layers[index], model.config, index).eval().requires_grad_(False)
 
 
 def _tie_output_embeddings(model: nn.Module, config: Any) -> None:
@@ -238,6 +246,8 @@ def load_model(
     _tie_output_embeddings(model, config)
     _materialize_buffers(model, model.config, device)
     model.eval().requires_grad_(False)
+    hf_layer_type = type(family.layers(model)[0])
+    _compile_layers(model, family)
     if (resolved.path / "generation_config.json").exists():
         model.generation_config = GenerationConfig.from_pretrained(resolved.path)
 
@@ -255,6 +265,7 @@ def load_model(
         bytes_loaded=bytes_loaded,
         num_layers_total=total,
         layer_bytes=_layer_bytes(checkpoint, family, base_prefix, total),
+        hf_layer_type=hf_layer_type,
     )
 
 
@@ -274,7 +285,7 @@ def resize_layers(loaded: LoadedModel, num_layers: int) -> int:
         del layers[num_layers:]
     for index in range(current, num_layers):
         with torch.device("meta"):
-            layer = type(layers[0])(live_config, layer_idx=index)
+            layer = loaded.hf_layer_type(live_config, layer_idx=index)
         bytes_read += _load_into(
             layer,
             loaded.family.layer_prefix(index),
@@ -284,5 +295,6 @@ def resize_layers(loaded: LoadedModel, num_layers: int) -> int:
             loaded.device,
         )
         layers.append(layer.eval().requires_grad_(False))
+    _compile_layers(loaded.model, loaded.family, start=current)
     loaded.bytes_loaded += bytes_read
     return bytes_read

@@ -29,6 +29,7 @@ class StepStats:
     num_layer_evals: int  # sum over rows of the decoder layers actually computed in decode
     duration_seconds: float
     kv_cache_usage: float  # used token slots / capacity
+    num_head_rows: int = 0  # rows that went through the LM head (exit tests and greedy exits)
 
 
 @dataclass
