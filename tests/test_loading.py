@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from helios_worker.loading import Checkpoint, ModelLoadError, load_model, resize_layers
 from helios_worker.model_refs import ModelRefError
+from helios_worker.scoring import sequence_logits
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +39,12 @@ RSS_PROBE = textwrap.dedent(
     """
     import gc, json, sys, psutil, torch
     from helios_worker.loading import load_model
+    from helios_worker.scoring import sequence_logits
     load_model(sys.argv[1], layers=1)  # imports and one-off allocations out of the way
     gc.collect()
     before = psutil.Process().memory_info().rss
     loaded = load_model(sys.argv[1], layers=int(sys.argv[2]))
-    with torch.no_grad():  # CPU tensors may stay file-mapped until used: touch every weight
-        loaded.model(torch.tensor([[1, 2, 3]]))
+    sequence_logits(loaded, [1, 2, 3])  # CPU tensors may stay file-mapped until used: touch every weight
     gc.collect()
     print(json.dumps({"rss_growth": psutil.Process().memory_info().rss - before}))
     """
@@ -83,9 +84,7 @@ def test_sharded_checkpoint_and_unprefixed_names(tiny_model, tmp_path):
     save_file(renamed, tmp_path / "model.safetensors", metadata={"format": "pt"})
     stripped = load_model(str(tmp_path), layers=2)
     reference = load_model(str(plain), layers=2)
-    ids = torch.tensor([[5, 6, 7]])
-    with torch.no_grad():
-        assert torch.equal(stripped.model(ids).logits, reference.model(ids).logits)
+    assert torch.equal(sequence_logits(stripped, [5, 6, 7]), sequence_logits(reference, [5, 6, 7]))
 
 
 def test_grow_in_place_equals_fresh_load(tiny_model):
@@ -94,9 +93,7 @@ def test_grow_in_place_equals_fresh_load(tiny_model):
     bytes_read = resize_layers(grown, 3)
     assert bytes_read == sum(grown.layer_bytes[1:3])
     fresh = load_model(str(path), layers=3)
-    ids = torch.tensor([[3, 4, 5, 6]])
-    with torch.no_grad():
-        assert torch.equal(grown.model(ids).logits, fresh.model(ids).logits)
+    assert torch.equal(sequence_logits(grown, [3, 4, 5, 6]), sequence_logits(fresh, [3, 4, 5, 6]))
     resize_layers(grown, 2)
     assert grown.num_layers_loaded == 2
 

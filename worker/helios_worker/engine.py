@@ -89,14 +89,8 @@ class Engine:
         max_seq_len = min(max_seq_len, getattr(model_config, "max_position_embeddings", max_seq_len))
         self.max_seq_len = max_seq_len
         self.active_layers = loaded.num_layers_loaded
-        head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // (
-            model_config.num_attention_heads
-        )
-        num_kv_heads = getattr(model_config, "num_key_value_heads", None) or model_config.num_attention_heads
         slots = self.config.max_batch_size
-        self.cache = SlotKVCache(
-            self.active_layers, slots, num_kv_heads, head_dim, max_seq_len, loaded.dtype, loaded.device
-        )
+        self.cache = SlotKVCache.for_model(loaded, slots, max_seq_len, self.active_layers)
         # [slots, positions, hidden]: the state each token left the stack with (fills added layers)
         self.exit_hidden = torch.zeros(
             slots, max_seq_len, model_config.hidden_size, dtype=loaded.dtype, device=loaded.device

@@ -57,16 +57,14 @@ class ShadowScore:
 
 def score_samples(loaded: LoadedModel, samples: list[ShadowSample]) -> ShadowScore:
     """Teacher-forced full-depth greedy choice for every served token (blocking: run it off the loop)."""
-    import torch
+    from helios_worker.scoring import sequence_logits
 
     num_tokens = num_matches = 0
-    with torch.inference_mode():
-        for sample in samples:
-            prompt, served = sample.prompt_token_ids, sample.token_ids
-            # The last served token is never an input: position i's logits predict token i + 1.
-            ids = torch.tensor([prompt + served[:-1]], device=loaded.device)  # [1, seq]
-            logits = loaded.model(ids).logits[0, len(prompt) - 1 :]  # [len(served), vocab]
-            full_depth = logits.argmax(dim=-1).tolist()
-            num_tokens += len(served)
-            num_matches += sum(int(a == b) for a, b in zip(full_depth, served, strict=True))
+    for sample in samples:
+        prompt, served = sample.prompt_token_ids, sample.token_ids
+        # The last served token is never an input: position i's logits predict token i + 1.
+        logits = sequence_logits(loaded, prompt + served[:-1])[len(prompt) - 1 :]  # [len(served), vocab]
+        full_depth = logits.argmax(dim=-1).tolist()
+        num_tokens += len(served)
+        num_matches += sum(int(a == b) for a, b in zip(full_depth, served, strict=True))
     return ShadowScore(num_tokens=num_tokens, num_matches=num_matches)
