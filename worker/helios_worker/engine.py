@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from helios_worker.batch import DecodeBatch, prepare_decode, prepare_prefill
+from helios_worker.exit_plan import DEFAULT_MAX_EXITS, ExitProfile, choose_exit_layers
 from helios_worker.gates import GATE_NAMES, ExitGate, make_gate
 from helios_worker.kv_cache import SlotKVCache
 from helios_worker.loading import LoadedModel
@@ -43,7 +44,12 @@ class EngineConfig:
     early_exit: bool = True
     min_exit_layer: int = 1
     max_prefill_tokens: int = 8192  # padded prompt tokens one step may prefill together
-    exit_layers: tuple[int, ...] | None = None  # explicit 1-based exit layers; overrides min_exit_layer
+    # Where exit tests run below the last layer: "all" (every layer from min_exit_layer), "none"
+    # (greedy exit at L only), "auto" (chosen from exit_profile; none without one), or explicit
+    # 1-based layers.
+    exit_layers: tuple[int, ...] | str = "all"
+    exit_profile: ExitProfile | None = None
+    max_exits: int = DEFAULT_MAX_EXITS  # at most this many intermediate exits with "auto"
     # Evaluation mode: run every layer for every token, recording the head's confidence and top
     # token at each layer (TokenStats.layer_confidences / layer_tokens); tokens exit only at L.
     probe_layers: bool = False
@@ -57,8 +63,13 @@ class EngineConfig:
             raise ValueError("max_batch_size must be >= 1 and max_seq_len >= 2")
         if not 0.0 < self.exit_threshold <= 1.0:
             raise ValueError("exit_threshold must be in (0, 1]")
-        if self.min_exit_layer < 1 or any(layer < 1 for layer in self.exit_layers or ()):
+        if isinstance(self.exit_layers, str):
+            if self.exit_layers not in ("all", "none", "auto"):
+                raise ValueError(f"exit_layers must be all, none, auto or a tuple of layers, got {self.exit_layers!r}")
+        elif any(layer < 1 for layer in self.exit_layers):
             raise ValueError("exit layers are 1-based")
+        if self.min_exit_layer < 1 or self.max_exits < 0:
+            raise ValueError("min_exit_layer must be >= 1 and max_exits >= 0")
 
 
 @dataclass
@@ -102,18 +113,44 @@ class Engine:
         self._ids = itertools.count()
         self._probe_states: list[torch.Tensor] = []  # probe mode: [rows, hidden] after each layer
         self._num_head_rows = 0  # rows that went through the LM head this step
+        self._exit_layers_at: dict[tuple[int, int, int], list[int]] = {}  # (layers, rows, context) -> exits
 
     # --- public API ---------------------------------------------------------------------
     @property
     def exit_layers(self) -> list[int]:
-        """1-based layers where the exit test runs; the last active layer always exits."""
+        """1-based layers where the exit test runs for one sequence; the last active layer always exits."""
+        return self.exit_layers_for(rows=1, context_tokens=1)
+
+    def exit_layers_for(self, rows: int, context_tokens: int) -> list[int]:
+        """Exit layers for a step of ``rows`` sequences at about ``context_tokens`` of context.
+
+        Only ``auto`` depends on them (``helios_worker.exit_plan``): at batch 1 an exit skips
+        every later layer, at batch 16 only once all rows have left, and a long context makes
+        each row's layers dearer. Plans are cached per (layers, rows, context rounded up to a
+        power of two).
+        """
         last = self.active_layers
         if self.config.probe_layers:
             return list(range(1, last + 1))
         if not self.config.early_exit:
             return [last]
-        chosen = self.config.exit_layers or range(self.config.min_exit_layer, last + 1)
-        return sorted({layer for layer in chosen if layer < last} | {last})
+        key = (last, rows, 1 << max(0, context_tokens - 1).bit_length())
+        if key not in self._exit_layers_at:
+            chosen = self._intermediate_exits(last, rows, key[2])
+            self._exit_layers_at[key] = [*sorted({layer for layer in chosen if layer < last}), last]
+        return self._exit_layers_at[key]
+
+    def _intermediate_exits(self, last: int, rows: int, context_tokens: int):
+        mode, config = self.config.exit_layers, self.config
+        if not isinstance(mode, str):
+            return mode
+        if mode == "all":
+            return range(config.min_exit_layer, last)
+        if mode == "none" or config.exit_profile is None:
+            return ()
+        histogram = config.exit_profile.exit_layer_histogram
+        costs = self.loaded.step_costs(context_tokens)
+        return choose_exit_layers(histogram, last, costs, rows, config.max_exits, config.min_exit_layer)
 
     def add_request(
         self, prompt_token_ids: list[int], params: SamplingParams | None = None, request_id: str | None = None
@@ -240,7 +277,7 @@ class Engine:
         hidden = self.family.embed(self.model, input_ids, positions)  # [rows, seq, hidden]
         batch = prepare_prefill(slots, positions, hidden.dtype, self._rotary_for(hidden))
         last = torch.tensor(lengths, device=device) - 1  # [rows]: each prompt's last position
-        exit_layers = set(self.exit_layers)
+        exit_layers = set(self.exit_layers_for(len(seqs), width))
         undecided = list(range(len(seqs)))  # rows whose first token is not chosen yet
         for index, layer in enumerate(self.loaded.layers[: self.active_layers]):
             before = hidden
@@ -263,7 +300,7 @@ class Engine:
         positions = [s.num_cached for s in seqs]
         hidden = self.family.embed(self.model, input_ids, torch.tensor(positions, device=device)[:, None])
         batch = full = prepare_decode([s.slot for s in seqs], positions, device, hidden.dtype, self._rotary_for(hidden))
-        exit_layers = set(self.exit_layers)
+        exit_layers = set(self.exit_layers_for(len(seqs), batch.context_len))
         exit_at = [self.active_layers] * len(seqs)
         exit_state = torch.empty_like(hidden)  # [rows, 1, hidden]: each row's state when it left
         running = list(range(len(seqs)))  # rows (indices into seqs) still going
@@ -310,25 +347,27 @@ class Engine:
         if self.config.probe_layers:
             return self._probe_test(seqs, running, after, layer)
         is_last = layer == self.active_layers
-        if is_last:
+        passed = None if is_last else self.gate.passes(layer, before[:, -1], after[:, -1])  # [rows] bool or None
+        if passed is None:  # every row gets the head
             candidates = list(range(len(running)))
             states = after[:, -1]
         else:
-            passed = self.gate.passes(layer, before[:, -1], after[:, -1])  # [rows] bool
             candidates = passed.nonzero()[:, 0].tolist()
             if not candidates:
                 return []
             states = after[:, -1] if len(candidates) == len(running) else after[passed, -1]
         self._num_head_rows += len(candidates)
         logits = self.family.exit_head(self.model, states)  # [candidates, vocab]
-        confidence, greedy = logits.float().softmax(-1).max(-1)
-        confident = range(len(candidates)) if is_last else (confidence >= self.config.exit_threshold).nonzero()[:, 0]
+        confidence, greedy = (t.tolist() for t in logits.float().softmax(-1).max(-1))
+        threshold = self.config.exit_threshold
         leaving = []
-        for j in [int(j) for j in confident]:
-            seq = seqs[running[candidates[j]]]
-            token = int(greedy[j]) if seq.params.is_greedy else sample(logits[j], seq.params, seq.generator)
-            self._emit(seq, token, float(confidence[j]), layer)
-            leaving.append(candidates[j])
+        for j, row in enumerate(candidates):
+            if not is_last and confidence[j] < threshold:
+                continue
+            seq = seqs[running[row]]
+            token = greedy[j] if seq.params.is_greedy else sample(logits[j], seq.params, seq.generator)
+            self._emit(seq, token, confidence[j], layer)
+            leaving.append(row)
         return leaving
 
     def _probe_test(self, seqs: list[Sequence], running: list[int], hidden: torch.Tensor, layer: int) -> list[int]:

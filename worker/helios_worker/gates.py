@@ -29,16 +29,19 @@ DEFAULT_SATURATION_THRESHOLD = 0.95
 class ExitGate(Protocol):
     name: str
 
-    def passes(self, layer: int, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        """Rows worth an exit test at 1-based ``layer``: bool [rows] from its input and output [rows, hidden]."""
+    def passes(self, layer: int, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor | None:
+        """Rows worth an exit test at 1-based ``layer``: bool [rows] from its input and output [rows, hidden].
+
+        None means every row (no per-row work at all).
+        """
         ...
 
 
 class NoGate:
     name = "none"
 
-    def passes(self, layer: int, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
-        return torch.ones(after.shape[0], dtype=torch.bool, device=after.device)
+    def passes(self, layer: int, before: torch.Tensor, after: torch.Tensor) -> None:
+        return None
 
 
 class SaturationGate:

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from torch import nn
 
 from helios_worker.architectures import SUPPORTED_MODEL_TYPES, Family, family_for
+from helios_worker.exit_plan import StepCosts
 from helios_worker.model_refs import ModelRefError, ResolvedRef, resolve
 
 
@@ -116,6 +117,24 @@ class LoadedModel:
     def shared_bytes(self) -> int:
         """Checkpoint bytes outside decoder layers (embeddings, final norm, head)."""
         return self.checkpoint.total_bytes - sum(self.layer_bytes)
+
+    def step_costs(self, context_tokens: int) -> StepCosts:
+        """Exit-plan costs (``helios_worker.exit_plan.StepCosts``) in one layer's weight reads, by element counts.
+
+        Everything is read in the loaded dtype, so element ratios are byte ratios.
+        """
+        config = self.config
+        head = self.model.get_output_embeddings().weight.numel()
+        layer = sum(p.numel() for p in self.layers[0].parameters())
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        kv_width = 2 * (getattr(config, "num_key_value_heads", None) or heads) * head_dim  # K and V per token
+        return StepCosts(
+            head=head / layer,
+            head_row=config.vocab_size / layer,
+            row=kv_width * context_tokens / layer,
+            fill=kv_width * config.hidden_size / layer,
+        )
 
     def weight_bytes(self, num_layers: int | None = None) -> int:
         layers = self.num_layers_loaded if num_layers is None else num_layers
