@@ -153,6 +153,61 @@ def choose_exit_layers(
     return tuple(sorted(chosen))
 
 
+def parse_histogram(text: str) -> list[int]:
+    """``103,49,291`` -> counts (the form the operator passes in ``HELIOS_EXIT_HISTOGRAM``)."""
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"an exit histogram is comma-separated token counts, one per layer (got {text!r})") from None
+    if any(count < 0 for count in counts):
+        raise ValueError(f"exit histogram counts must be >= 0 (got {text!r})")
+    return counts
+
+
+def find_profile(
+    model_dir: Path, num_layers_total: int, path: str | None = None, histogram: str | None = None, threshold=None
+) -> tuple[ExitProfile | None, str]:
+    """The exit profile to serve with, and where it came from (for the log).
+
+    Order: an explicit ``histogram`` (from the operator's evaluation), an explicit ``path``, then
+    ``PROFILE_FILE`` in the model directory. A profile for another depth is refused.
+    """
+    if histogram is not None:
+        profile = ExitProfile(
+            exit_threshold=threshold or 1.0,
+            num_layers_total=num_layers_total,
+            exit_layer_histogram=parse_histogram(histogram),
+        )
+        source = "the exit histogram given"
+    elif path is not None:
+        profile, source = read_profile(Path(path)), path
+    elif (model_dir / PROFILE_FILE).exists():
+        profile, source = read_profile(model_dir / PROFILE_FILE), str(model_dir / PROFILE_FILE)
+    else:
+        return None, "no exit profile"
+    if len(profile.exit_layer_histogram) != num_layers_total:
+        raise ExitProfileError(
+            f"exit profile ({source}) has {len(profile.exit_layer_histogram)} layers; the model has {num_layers_total}"
+        )
+    return profile, f"{source} ({profile.num_tokens} tokens)"
+
+
+def describe_exits(mode: str | tuple[int, ...], profile: ExitProfile | None, source: str) -> str:
+    """One log line saying where tokens may exit, so that a user sees why (or why not)."""
+    if mode == "auto":
+        if profile is None:
+            return (
+                "no exit profile: greedy exit at the last loaded layer only (give --exit-profile with a "
+                "'helios evaluate --json' report, or --exit-layers)"
+            )
+        return f"exit layers chosen per batch shape from {source}"
+    if mode == "none":
+        return "no intermediate exits: greedy exit at the last loaded layer only"
+    if mode == "all":
+        return "exit tests at every layer from --min-exit-layer"
+    return f"exit tests at layers {','.join(map(str, mode))}"
+
+
 def parse_exit_layers(text: str) -> str | tuple[int, ...]:
     """``auto`` | ``none`` | ``all`` | a comma-separated list of 1-based layers."""
     value = text.strip().lower()

@@ -15,6 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     exits.add_argument("--exit-threshold", type=float, default=0.8, help="exit when max softmax >= T")
     exits.add_argument("--no-early-exit", action="store_true", help="run every loaded layer for every token")
     parser.add_argument("--min-exit-layer", type=int, default=1, help="first layer where a token may exit")
+    parser.add_argument(
+        "--exit-layers", default="auto", help="auto (from the exit profile; none without one) | none | all | 4,6"
+    )
+    parser.add_argument("--exit-profile", default=None, help="evaluation report JSON (helios evaluate --json)")
+    parser.add_argument("--exit-gate", choices=("none", "saturation"), default="none", help="test before the head")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -42,6 +47,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from helios_operator.cli import UserError
     from helios_worker.engine import Engine, EngineConfig, RequestError
+    from helios_worker.exit_plan import describe_exits, find_profile, parse_exit_layers
     from helios_worker.loading import ModelLoadError, load_model
     from helios_worker.model_refs import ModelRefError
     from helios_worker.sampling import SamplingParams
@@ -51,13 +57,20 @@ def run(args: argparse.Namespace) -> int:
         params = SamplingParams(
             max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
         )
+        mode = parse_exit_layers(args.exit_layers)
+        loaded = load_model(args.model, args.layers, device=args.device)
+        profile, source = find_profile(loaded.ref.path, loaded.num_layers_total, args.exit_profile)
         config = EngineConfig(
             max_batch_size=max(1, len(prompts)),
             exit_threshold=args.exit_threshold,
             early_exit=not args.no_early_exit,
             min_exit_layer=args.min_exit_layer,
+            exit_layers=mode,
+            exit_profile=profile,
+            exit_gate=args.exit_gate,
         )
-        loaded = load_model(args.model, args.layers, device=args.device)
+        if config.early_exit:
+            print(describe_exits(mode, profile, source), file=sys.stderr)
         engine = Engine(loaded, config)
         token_ids = [loaded.tokenizer(p).input_ids for p in prompts]
         outputs = engine.generate(token_ids, params)

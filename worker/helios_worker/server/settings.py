@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from helios_worker.exit_plan import DEFAULT_MAX_EXITS, PROFILE_FILE, parse_exit_layers, parse_histogram
+
 ENV_PREFIX = "HELIOS_"
 # Extra environment names a field also answers to (the operator's pod template uses these).
 ENV_ALIASES: dict[str, tuple[str, ...]] = {"served_model_name": ("HELIOS_MODEL_NAME",)}
@@ -34,6 +36,23 @@ class ServerSettings(BaseModel):
     exit_threshold: float = Field(default=0.8, gt=0.0, le=1.0, description="a token exits when max softmax >= T")
     early_exit: bool = Field(default=True, description="exit tests at every layer from --min-exit-layer")
     min_exit_layer: int = Field(default=1, ge=1, description="first layer where a token may exit")
+    exit_layers: str = Field(
+        default="auto",
+        description="auto (from the exit profile; none without one) | none | all | 1-based list like 4,6",
+    )
+    exit_profile: str | None = Field(
+        default=None, description=f"evaluation report JSON placing exits (default: {PROFILE_FILE} in the model dir)"
+    )
+    exit_histogram: str | None = Field(
+        default=None, description="first-confident-layer counts, one per layer (the operator passes its evaluation's)"
+    )
+    max_exits: int = Field(default=DEFAULT_MAX_EXITS, ge=0, le=64, description="at most this many exits with auto")
+    exit_gate: Literal["none", "saturation"] = Field(
+        default="none", description="O(hidden) test before the LM head: none | saturation"
+    )
+    gate_threshold: float | None = Field(
+        default=None, ge=-1.0, le=1.0, description="the gate's threshold (saturation: cosine, default 0.95)"
+    )
     max_batch_size: int = Field(default=16, ge=1, le=4096, description="sequences decoded together")
     max_queue: int = Field(default=64, ge=0, description="requests waiting for a batch slot before 429")
     max_seq_len: int = Field(default=2048, ge=2, description="context per sequence (capped by the model)")
@@ -54,7 +73,20 @@ class ServerSettings(BaseModel):
         default="info", pattern="^(critical|error|warning|info|debug)$", description="critical|error|warning|info|debug"
     )
 
-    @field_validator("api_key", "model_revision", "served_model_name", mode="before")
+    @field_validator("exit_layers")
+    @classmethod
+    def _exit_layers_parse(cls, value: str) -> str:
+        parse_exit_layers(value)  # ValueError -> a validation error naming the flag
+        return value
+
+    @field_validator("exit_histogram")
+    @classmethod
+    def _histogram_parse(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_histogram(value)
+        return value
+
+    @field_validator("api_key", "model_revision", "served_model_name", "exit_profile", "exit_histogram", mode="before")
     @classmethod
     def _empty_means_unset(cls, value: Any) -> Any:
         # An empty HELIOS_API_KEY= in a manifest must not turn auth on with an empty key.

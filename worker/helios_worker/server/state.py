@@ -49,16 +49,34 @@ class Phase(StrEnum):
 def load_engine(settings: ServerSettings) -> Engine:
     """The default loader: the first ``settings.layers`` layers of the model, in an Engine."""
     from helios_worker.engine import Engine, EngineConfig
+    from helios_worker.exit_plan import describe_exits, find_profile, parse_exit_layers
     from helios_worker.loading import load_model
 
     loaded = load_model(settings.model_ref, settings.layers, device=settings.device, name=settings.model_name)
+    mode = parse_exit_layers(settings.exit_layers)
+    profile, source = find_profile(
+        loaded.ref.path,
+        loaded.num_layers_total,
+        settings.exit_profile,
+        settings.exit_histogram,
+        settings.exit_threshold,
+    )
     config = EngineConfig(
         max_batch_size=settings.max_batch_size,
         max_seq_len=settings.max_seq_len,
         exit_threshold=settings.exit_threshold,
         early_exit=settings.early_exit,
         min_exit_layer=settings.min_exit_layer,
+        exit_layers=mode,
+        exit_profile=profile,
+        max_exits=settings.max_exits,
+        exit_gate=settings.exit_gate,
+        gate_threshold=settings.gate_threshold,
     )
+    if settings.early_exit:
+        logger.info(
+            "%s: %s; exit gate %s", settings.model_name, describe_exits(mode, profile, source), settings.exit_gate
+        )
     return Engine(loaded, config)
 
 
