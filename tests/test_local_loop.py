@@ -248,3 +248,20 @@ def test_reassessment_on_recent_traffic_switches_model_by_hand_over(tmp_path: Pa
     assert status.model == "beta" and status.num_switches == 1
     assert status.series[-1].model == "beta"  # scraped from the new worker
     assert status.num_failed == 0
+
+
+def test_the_serving_worker_command_carries_the_exit_histogram_and_gate():
+    """helios run starts `helios serve` with its evaluation's histogram; the worker's own parser takes it."""
+    import argparse
+
+    from helios_operator.local.supervisor import WorkerSettings, serve_command
+    from helios_worker.commands import serve
+    from helios_worker.server.settings import ServerSettings
+
+    settings = WorkerSettings("tiny", "helios-ee-tiny", 6, 0.8, exit_histogram=(3, 0, 5), exit_gate="saturation")
+    command = serve_command(settings, 8123, "127.0.0.1", 5.0)
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    flags = vars(parser.parse_args(command[command.index("serve") + 1 :]))
+    parsed = ServerSettings.from_sources(flags, {})
+    assert parsed.exit_histogram == "3,0,5" and parsed.exit_gate == "saturation" and parsed.layers == 6

@@ -71,6 +71,18 @@ def test_deployment_is_hardened_owned_and_rolls_without_downtime() -> None:
     assert values["HELIOS_MODEL_NAME"] == "a" and int(values["HELIOS_RECORD_PROMPTS"]) >= 5
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert "HELIOS_EXIT_HISTOGRAM" not in values and "HELIOS_EXIT_GATE" not in values
+
+
+def test_serving_workers_get_the_evaluation_exit_histogram_and_the_gate() -> None:
+    """Workers place exit tests from the candidate's evaluation; the worker's own settings accept both."""
+    from helios_worker.server.settings import ServerSettings
+
+    spec = make_spec(exit={"gate": "saturation"})
+    values = env(manifests.build_deployment(OWNER, spec, spec.candidates[0], 3, "img", exit_histogram=[4, 0, 9]))
+    assert values["HELIOS_EXIT_HISTOGRAM"] == "4,0,9" and values["HELIOS_EXIT_GATE"] == "saturation"
+    settings = ServerSettings.from_sources({}, {k: v for k, v in values.items() if isinstance(v, str)})
+    assert settings.exit_histogram == "4,0,9" and settings.exit_gate == "saturation"
 
 
 def test_model_volume_and_token_follow_the_spec() -> None:

@@ -175,6 +175,12 @@ class ExitSpec(SpecModel):
         description="Cost of one exit test (final norm + LM head) in units of one decoder layer, used to "
         "predict throughput. Unset: estimated from the report's weight bytes.",
     )
+    gate: Literal["none", "saturation"] = Field(
+        default="none",
+        description="O(hidden) test that decides which tokens get the LM head at an exit layer: none (every "
+        "token) or saturation (cosine of a layer's input and output, CALM). Workers place exit tests where the "
+        "evaluation's exit histogram says they pay.",
+    )
 
 
 class ConfigMapPromptsRef(SpecModel):

@@ -10,7 +10,7 @@ candidate name, which the worker uses as the ``model`` label of its metrics and 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from helios_operator.heliosstatus import HELIOS_STATUS_KIND, HeliosStatusReport
@@ -98,6 +98,7 @@ def worker_env(spec: HeliosDeploymentSpec, candidate: Candidate, extra: Mapping[
         "HF_HOME": f"{MODEL_MOUNT}/hf",
         **({"HELIOS_MODEL_REVISION": candidate.revision} if candidate.revision else {}),
         **({"HELIOS_MIN_EXIT_LAYER": str(spec.exit.min_exit_layer)} if spec.exit.min_exit_layer else {}),
+        **({"HELIOS_EXIT_GATE": spec.exit.gate} if spec.exit.gate != "none" else {}),
         **extra,
     }
     variables: list[Manifest] = [{"name": key, "value": value} for key, value in env.items()]
@@ -205,15 +206,26 @@ def build_evaluation_pod(
 
 
 def build_deployment(
-    owner: Mapping[str, Any], spec: HeliosDeploymentSpec, candidate: Candidate, layers: int, image: str
+    owner: Mapping[str, Any],
+    spec: HeliosDeploymentSpec,
+    candidate: Candidate,
+    layers: int,
+    image: str,
+    exit_histogram: Sequence[int] | None = None,
 ) -> Manifest:
-    """The serving Deployment: the chosen candidate with its first ``layers`` layers."""
+    """The serving Deployment: the chosen candidate with its first ``layers`` layers.
+
+    ``exit_histogram`` (the candidate's evaluation) lets the workers place their exit tests
+    where they pay; without it they exit at the last loaded layer only.
+    """
     name = owner["metadata"]["name"]
     selector = serving_selector(name)
     template_labels = {**base_labels(name), **selector, LABEL_CANDIDATE: candidate.name}
     # The workers keep recent prompts (a count) so that a reassessment evaluates on real traffic.
     record = max(RECENT_PROMPTS_KEPT, spec.evaluation.prompts_per_candidate)
     extra = {"HELIOS_MODE": "serve", "HELIOS_LAYERS": str(layers), "HELIOS_RECORD_PROMPTS": str(record)}
+    if exit_histogram:
+        extra["HELIOS_EXIT_HISTOGRAM"] = ",".join(map(str, exit_histogram))
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

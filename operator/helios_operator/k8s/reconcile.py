@@ -133,7 +133,10 @@ async def serve(ctx: Context) -> None:
     """The serving Deployment and Service for the current decision (re-applied only when changed)."""
     state = current_state(ctx)
     candidate = manifests.candidate_named(ctx.spec, state.model)
-    await ctx.apply(manifests.build_deployment(ctx.body, ctx.spec, candidate, state.layers, ctx.config.worker_image))
+    histogram = state.report.exit_layer_histogram
+    await ctx.apply(
+        manifests.build_deployment(ctx.body, ctx.spec, candidate, state.layers, ctx.config.worker_image, histogram)
+    )
     await ctx.apply(manifests.build_service(ctx.body))
 
 

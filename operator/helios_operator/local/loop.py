@@ -258,6 +258,7 @@ class LocalRun:
 
     # --- serving -------------------------------------------------------------------------
     def _settings(self, decision: Decision) -> WorkerSettings:
+        histograms = {report.model: report.exit_layer_histogram for report in self.state.reports}
         return WorkerSettings(
             model=decision.model,
             model_ref=candidate_ref(self.spec, decision.model),
@@ -265,6 +266,8 @@ class LocalRun:
             exit_threshold=self.spec.exit.threshold,
             record_prompts=max(32, self.spec.evaluation.prompts_per_candidate),
             shadow_fraction=self.spec.monitoring.shadow.fraction,
+            exit_histogram=tuple(histograms.get(decision.model, ())),
+            exit_gate=self.spec.exit.gate,
         )
 
     def _scorer_settings(self, model: str) -> WorkerSettings:

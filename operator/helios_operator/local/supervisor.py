@@ -75,6 +75,8 @@ def serve_command(settings: WorkerSettings, port: int, host: str, drain_seconds:
         "--drain-seconds",
         f"{drain_seconds:g}",
         *(["--shadow-fraction", f"{settings.shadow_fraction:g}"] if settings.shadow_fraction else []),
+        *(["--exit-histogram", ",".join(map(str, settings.exit_histogram))] if settings.exit_histogram else []),
+        *(["--exit-gate", settings.exit_gate] if settings.exit_gate != "none" else []),
     ]
 
 
@@ -86,6 +88,8 @@ class WorkerSettings:
     exit_threshold: float
     record_prompts: int = 32
     shadow_fraction: float = 0.0  # share of greedy requests kept for the shadow check (local/shadow.py)
+    exit_histogram: tuple[int, ...] = ()  # the evaluation's first-confident layers: where exit tests pay
+    exit_gate: str = "none"
 
 
 class WorkerProcess:
