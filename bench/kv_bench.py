@@ -39,7 +39,12 @@ class SlotGate:
         self.rows: list[int] = []
 
     def passes(self, layer, before, after):
-        return torch.tensor([slot in self.slots for slot in self.rows], dtype=torch.bool)
+        return torch.tensor([slot in self.slots for slot in self.rows], dtype=torch.bool, device=after.device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def make_sequences(engine: Engine, rows: int, context: int) -> list[Sequence]:
@@ -60,20 +65,24 @@ def time_steps(engine: Engine, seqs: list[Sequence], gate: SlotGate, steps: int,
             seq.output.token_ids = seq.output.token_ids[:1]
             seq.output.token_stats.clear()
         gate.rows = [s.slot for s in seqs]
+        sync(engine.loaded.device)
         start = time.perf_counter()
         engine._decode(seqs)
+        sync(engine.loaded.device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def gather_cost(engine: Engine, slots: list[int], context: int, steps: int) -> float:
     """Per layer: copy the context K/V of ``slots`` (what SlotKVCache.read does for scattered slots)."""
-    index = torch.tensor(slots)
     keys, values = engine.cache.keys[0], engine.cache.values[0]
+    index = torch.tensor(slots, device=keys.device)
     times = []
     for _ in range(steps):
+        sync(keys.device)
         start = time.perf_counter()
         keys[index, :, :context].clone(), values[index, :, :context].clone()
+        sync(keys.device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
