@@ -172,3 +172,27 @@ def test_gates_by_name_and_the_trained_gate_interface():
         make_gate("trained")
     with pytest.raises(ValueError, match="unknown exit gate"):
         make_gate("magic")
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_attention_by_runs_of_slots_matches_the_oracle(tiny_model, monkeypatch, arch):
+    """Rows leaving from the middle of a long-context batch attend per run of slots; tokens stay exact."""
+    import helios_worker.batch
+    from helios_worker.llama_block import LlamaBlock
+
+    monkeypatch.setattr(helios_worker.batch, "RUNS_MIN_CONTEXT", 1)  # short test prompts count as long
+    calls = []
+    attend_run = LlamaBlock._attend_run
+    monkeypatch.setattr(LlamaBlock, "_attend_run", lambda self, *a: calls.append(1) or attend_run(self, *a))
+    path = tiny_model(arch)
+    loaded = load_model(str(path), layers=4)
+    prompts = [loaded.tokenizer(p).input_ids for p in PROMPTS * 2]  # 6 rows: room for gaps
+    hf = HFModel(path, 4)
+    for threshold in (0.1, 0.3):
+        engine = Engine(loaded, EngineConfig(exit_threshold=threshold, max_batch_size=6))
+        outputs = engine.generate(prompts, GREEDY)
+        for prompt, output in zip(prompts, outputs, strict=True):
+            assert (output.token_ids, output.exit_layers) == reference_generate(
+                hf, prompt, 12, threshold, engine.exit_layers
+            )
+    assert calls  # the runs path really ran

@@ -296,6 +296,7 @@ class Engine:
     def _decode(self, seqs: list[Sequence]) -> int:
         """One token for each of ``seqs``; returns the number of decoder layers computed (rows x layers)."""
         device = self.loaded.device
+        seqs = sorted(seqs, key=lambda seq: seq.slot)  # rows in slot order: runs of slots are runs of rows
         input_ids = torch.tensor([s.last_token for s in seqs], device=device)[:, None]  # [rows, 1]
         positions = [s.num_cached for s in seqs]
         hidden = self.family.embed(self.model, input_ids, torch.tensor(positions, device=device)[:, None])

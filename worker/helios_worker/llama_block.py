@@ -138,6 +138,8 @@ class LlamaBlock(nn.Module):
         rows = query.shape[0]
         groups = self.num_heads // self.num_kv_heads
         query = query.reshape(rows, self.num_kv_heads, groups, self.head_dim)
+        if batch.attention_runs is not None:
+            return torch.cat([self._attend_run(query, batch, cache, run) for run in batch.attention_runs])
         if batch.fills_span:
             span_query = query
         else:  # rows that left (or empty slots) sit in the span too; their output is dropped
@@ -146,3 +148,13 @@ class LlamaBlock(nn.Module):
         keys, values = cache.span(self.layer_idx, batch.span_start, batch.span_size, batch.context_len)
         out = F.scaled_dot_product_attention(span_query, keys, values, attn_mask=batch.span_mask, scale=self.scaling)
         return out if batch.fills_span else out[batch.span_rows]  # [rows, kv_heads, groups, head_dim]
+
+    def _attend_run(self, query: torch.Tensor, batch: DecodeBatch, cache: SlotKVCache, run) -> torch.Tensor:
+        """Rows of one run of consecutive slots against views of exactly their slots."""
+        size = run.row_end - run.row_start
+        keys, values = cache.span(self.layer_idx, run.slot_start, size, batch.context_len)
+        offset = run.slot_start - batch.span_start
+        mask = batch.span_mask[offset : offset + size]
+        return F.scaled_dot_product_attention(
+            query[run.row_start : run.row_end], keys, values, attn_mask=mask, scale=self.scaling
+        )
