@@ -186,7 +186,8 @@ def test_attention_by_runs_of_slots_matches_the_oracle(tiny_model, monkeypatch, 
     monkeypatch.setattr(LlamaBlock, "_attend_run", lambda self, *a: calls.append(1) or attend_run(self, *a))
     path = tiny_model(arch)
     loaded = load_model(str(path), layers=4)
-    prompts = [loaded.tokenizer(p).input_ids for p in PROMPTS * 2]  # 6 rows: room for gaps
+    more = ["early exit lets easy tokens", "the lazy dog", "def add(a, b): return a + b and"]
+    prompts = [loaded.tokenizer(p).input_ids for p in PROMPTS + more]  # 6 rows of different lengths
     hf = HFModel(path, 4)
     for threshold in (0.1, 0.3):
         engine = Engine(loaded, EngineConfig(exit_threshold=threshold, max_batch_size=6))
