@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from helios_worker.memory_model import ModelShape
+
 REPORT_VERSION = "helios.evaluation/v1"
 
 
@@ -67,6 +69,12 @@ class EvaluationReport(BaseModel):
     bytes_shared: int = Field(ge=0, description="Weight bytes outside decoder layers (embeddings, norm, head).")
     kv_bytes_per_token_per_layer: int = Field(ge=0)
     energy_per_token_joules: float | None = Field(default=None, description="From NVML; None without a GPU.")
+    shape: ModelShape | None = Field(
+        default=None, description="Model sizes for the memory model (helios_worker.memory_model); None in old reports."
+    )
+    dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
+        default=None, description="The dtype the candidate was evaluated (and is served) in."
+    )
     device: str = "cpu"
     evaluated_at: datetime | None = Field(default=None, description="When the evaluation finished (UTC).")
 

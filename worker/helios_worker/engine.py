@@ -27,7 +27,8 @@ from helios_worker.batch import DecodeBatch, prepare_decode, prepare_prefill
 from helios_worker.exit_plan import DEFAULT_MAX_EXITS, ExitProfile, choose_exit_layers
 from helios_worker.gates import GATE_NAMES, ExitGate, make_gate
 from helios_worker.kv_cache import SlotKVCache
-from helios_worker.loading import LoadedModel
+from helios_worker.loading import LoadedModel, resize_layers
+from helios_worker.memory_model import DEFAULT_MAX_PREFILL_TOKENS, LayerChangeRefused, MemoryModelError, plan_memory
 from helios_worker.sampling import SamplingParams, sample
 from helios_worker.stats import RequestOutput, StepStats, TokenStats
 
@@ -43,7 +44,7 @@ class EngineConfig:
     exit_threshold: float = 0.8
     early_exit: bool = True
     min_exit_layer: int = 1
-    max_prefill_tokens: int = 8192  # padded prompt tokens one step may prefill together
+    max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS  # padded prompt tokens one step may prefill together
     # Where exit tests run below the last layer: "all" (every layer from min_exit_layer), "none"
     # (greedy exit at L only), "auto" (chosen from exit_profile; none without one), or explicit
     # 1-based layers.
@@ -53,6 +54,9 @@ class EngineConfig:
     # Evaluation mode: run every layer for every token, recording the head's confidence and top
     # token at each layer (TokenStats.layer_confidences / layer_tokens); tokens exit only at L.
     probe_layers: bool = False
+    # Bytes for weights, KV cache and activations (helios_worker.memory_model): the cache holds
+    # as many sequences as fit, at most max_batch_size. None: max_batch_size slots.
+    memory_budget: int | None = None
     exit_gate: str = "none"  # helios_worker.gates.GATE_NAMES
     gate_threshold: float | None = None  # None: the gate's own default
 
@@ -100,7 +104,8 @@ class Engine:
         max_seq_len = min(max_seq_len, getattr(model_config, "max_position_embeddings", max_seq_len))
         self.max_seq_len = max_seq_len
         self.active_layers = loaded.num_layers_loaded
-        slots = self.config.max_batch_size
+        self.memory_plan = self._plan(self.active_layers)  # MemoryModelError when not one sequence fits
+        slots = self.memory_plan.max_num_seqs
         self.cache = SlotKVCache.for_model(loaded, slots, max_seq_len, self.active_layers)
         # [slots, positions, hidden]: the state each token left the stack with (fills added layers)
         self.exit_hidden = torch.zeros(
@@ -116,6 +121,11 @@ class Engine:
         self._exit_layers_at: dict[tuple[int, int, int], list[int]] = {}  # (layers, rows, context) -> exits
 
     # --- public API ---------------------------------------------------------------------
+    @property
+    def num_slots(self) -> int:
+        """Sequences the KV cache holds at once now."""
+        return self.cache.num_slots
+
     @property
     def exit_layers(self) -> list[int]:
         """1-based layers where the exit test runs for one sequence; the last active layer always exits."""
@@ -243,6 +253,71 @@ class Engine:
             rotary = self.family.rotary(self.model, hidden, positions)
             for index in range(old, num_layers):
                 self._write_projected_kv(index, hidden, slots, positions, rotary)
+
+    @torch.inference_mode()
+    def change_layers(self, num_layers: int) -> int:
+        """Load or drop layers to serve ``num_layers``, within the memory budget; return bytes read.
+
+        The cache is resized to what the budget holds at the new depth: growing first gives
+        up slots (moving running sequences into the slots that stay), then loads the layers;
+        shrinking frees the layers first, then gives the freed bytes back as slots. When
+        fewer sequences would fit than are running, LayerChangeRefused says so and nothing
+        changes.
+        """
+        total = self.loaded.num_layers_total
+        if not 1 <= num_layers <= total:
+            raise ValueError(f"layers must be between 1 and {total}, got {num_layers}")
+        try:
+            plan = self._plan(num_layers)
+        except MemoryModelError as error:
+            raise LayerChangeRefused(str(error)) from None
+        if plan.max_num_seqs < len(self.running):
+            raise LayerChangeRefused(
+                f"{num_layers} layers leave room for {plan.max_num_seqs} sequences in the memory budget of "
+                f"{plan.budget_bytes} bytes, and {len(self.running)} are running; try again when fewer are"
+            )
+        bytes_read = 0
+        if num_layers > self.loaded.num_layers_loaded:
+            self._resize_slots(plan.max_num_seqs)
+            bytes_read = resize_layers(self.loaded, num_layers)
+            self.set_active_layers(num_layers)
+        else:
+            self.set_active_layers(num_layers)
+            resize_layers(self.loaded, num_layers)
+            self._resize_slots(plan.max_num_seqs)
+        self.memory_plan = plan
+        return bytes_read
+
+    def _plan(self, num_layers: int):
+        return plan_memory(
+            self.loaded.shape,
+            num_layers,
+            self.config.memory_budget,
+            itemsize=self.loaded.dtype.itemsize,
+            max_seq_len=self.max_seq_len,
+            max_batch_size=self.config.max_batch_size,
+            max_prefill_tokens=max(self.config.max_prefill_tokens, self.max_seq_len),
+        )
+
+    def _resize_slots(self, num_slots: int) -> None:
+        """Hold ``num_slots`` sequences; running ones in slots that go away move to free ones first."""
+        if num_slots == self.cache.num_slots:
+            return
+        free = [slot for slot in self.free_slots if slot < num_slots]
+        for seq in self.running:
+            if seq.slot >= num_slots:
+                target = free.pop(0)
+                self.cache.move_slot(seq.slot, target)
+                self.exit_hidden[target] = self.exit_hidden[seq.slot]
+                seq.slot = target
+        used = {seq.slot for seq in self.running}
+        self.cache.resize_slots(num_slots)
+        old = self.exit_hidden
+        self.exit_hidden = old.new_zeros(num_slots, *old.shape[1:])
+        keep = min(num_slots, old.shape[0])
+        self.exit_hidden[:keep] = old[:keep]
+        del old
+        self.free_slots = [slot for slot in range(num_slots) if slot not in used]
 
     # --- the hot path -------------------------------------------------------------------
     def _admit(self) -> list[Sequence]:

@@ -308,6 +308,8 @@ def evaluate_candidate(
         bytes_shared=bytes_shared,
         kv_bytes_per_token_per_layer=kv_bytes_per_token_per_layer,
         energy_per_token_joules=energy_per_token,
+        shape=loaded.shape,
+        dtype=str(loaded.dtype).removeprefix("torch."),
         device=run.device_name(),
         evaluated_at=datetime.now(UTC),
     )

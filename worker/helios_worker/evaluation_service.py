@@ -125,8 +125,11 @@ class EvaluationService:
         max_new_tokens = DEFAULT_MAX_NEW_TOKENS
         if MAX_NEW_TOKENS_ENV in environ:
             max_new_tokens = _read(environ, MAX_NEW_TOKENS_ENV, _MAX_NEW_TOKENS)
+        from helios_worker.device import resolve_device
+
+        device = str(resolve_device(settings.device))
         telemetry = None
-        if settings.device.startswith("cuda"):
+        if device.startswith("cuda"):
             from helios_worker.gpu import GpuTelemetry
 
             telemetry = GpuTelemetry.open()
@@ -135,7 +138,7 @@ class EvaluationService:
             prompts,
             max_new_tokens=max_new_tokens,
             exit_threshold=settings.exit_threshold,
-            device=settings.device,
+            device=device,
             telemetry=telemetry,
         )
 

@@ -66,6 +66,28 @@ class SlotKVCache:
             self.keys.append(torch.zeros(self._shape, dtype=self._dtype, device=self._device))
             self.values.append(torch.zeros(self._shape, dtype=self._dtype, device=self._device))
 
+    def resize_slots(self, num_slots: int) -> None:
+        """Keep slots ``0..num_slots-1`` (new ones zeroed); one layer at a time, so the transient is one layer."""
+        keep = min(num_slots, self.num_slots)
+        self._shape = (num_slots, *self._shape[1:])
+        for buffers in (self.keys, self.values):
+            for index, old in enumerate(buffers):
+                new = torch.zeros(self._shape, dtype=self._dtype, device=self._device)
+                new[:keep] = old[:keep]
+                buffers[index] = new
+                del old
+        self.num_slots = num_slots
+
+    def move_slot(self, source: int, target: int) -> None:
+        """Copy one sequence's K/V from slot ``source`` to slot ``target`` in every layer."""
+        for buffers in (self.keys, self.values):
+            for buffer in buffers:
+                buffer[target] = buffer[source]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
     def bind(self, slots: torch.Tensor, positions: torch.Tensor, context_len: int) -> None:
         """Rows about to be computed: ``slots`` [rows], ``positions`` [rows, seq]; attend to [0, context_len)."""
         self._slots = slots

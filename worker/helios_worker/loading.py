@@ -21,6 +21,7 @@ from torch import nn
 
 from helios_worker.architectures import SUPPORTED_MODEL_TYPES, Family, family_for
 from helios_worker.exit_plan import StepCosts
+from helios_worker.memory_model import ModelShape
 from helios_worker.model_refs import ModelRefError, ResolvedRef, resolve
 
 
@@ -117,6 +118,28 @@ class LoadedModel:
     def shared_bytes(self) -> int:
         """Checkpoint bytes outside decoder layers (embeddings, final norm, head)."""
         return self.checkpoint.total_bytes - sum(self.layer_bytes)
+
+    @property
+    def shape(self) -> ModelShape:
+        """The sizes the memory model needs, from the config and the live parameters."""
+        config = self.config
+        heads = config.num_attention_heads
+        in_layers = {id(p) for layer in self.layers for p in layer.parameters()}
+        shared = {id(p): p.numel() for p in self.model.parameters() if id(p) not in in_layers}  # tied: once
+        return ModelShape(
+            num_layers_total=self.num_layers_total,
+            hidden_size=config.hidden_size,
+            intermediate_size=getattr(config, "intermediate_size", None)
+            or getattr(config, "ffn_dim", None)
+            or getattr(config, "n_inner", None)
+            or 4 * config.hidden_size,
+            vocab_size=config.vocab_size,
+            num_heads=heads,
+            num_kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // heads,
+            params_per_layer=sum(p.numel() for p in self.layers[0].parameters()),
+            params_shared=sum(shared.values()),
+        )
 
     def step_costs(self, context_tokens: int) -> StepCosts:
         """Exit-plan costs (``helios_worker.exit_plan.StepCosts``) in one layer's weight reads, by element counts.

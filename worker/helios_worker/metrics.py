@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 
 from helios_operator.reports import EvaluationReport
 from helios_worker.gpu import GpuTelemetry
+from helios_worker.memory_model import MemoryPlan
 from helios_worker.stats import RequestOutput, StepStats
 
 if TYPE_CHECKING:
@@ -232,6 +233,21 @@ class WorkerMetrics:
             "helios_request_latency_seconds", "Arrival to finish.", model, buckets=LATENCY_BUCKETS, registry=registry
         )
         self.layers_loaded = Gauge("helios_layers_loaded", "Decoder layers in use (L).", model, registry=registry)
+        self.max_num_seqs = Gauge(
+            "helios_max_num_seqs", "Sequences the KV cache holds at once now.", model, registry=registry
+        )
+        self.kv_capacity_tokens = Gauge(
+            "helios_kv_cache_capacity_tokens", "Tokens the KV cache holds now.", model, registry=registry
+        )
+        self.memory_budget_bytes = Gauge(
+            "helios_memory_budget_bytes",
+            "Bytes the worker may hold for weights, KV cache and activations (absent: no budget).",
+            model,
+            registry=registry,
+        )
+        self.weights_bytes = Gauge(
+            "helios_weights_bytes", "Bytes of the loaded weights in the served dtype.", model, registry=registry
+        )
         self.layers_total = Gauge("helios_layers_total", "Decoder layers of the model (N).", model, registry=registry)
         self.exit_threshold = Gauge(
             "helios_exit_threshold", "Max softmax probability at which a token exits.", model, registry=registry
@@ -262,6 +278,10 @@ class WorkerMetrics:
             self.layers_total,
             self.exit_threshold,
             self.shadow_agreement,
+            self.max_num_seqs,
+            self.kv_capacity_tokens,
+            self.memory_budget_bytes,
+            self.weights_bytes,
         )
         self._info_labels: tuple[str, str, str] | None = None
         self.set_model(model_name, num_layers_total=num_layers_total, revision=revision, architecture=architecture)
@@ -306,6 +326,14 @@ class WorkerMetrics:
             raise ValueError(f"layers loaded must be in 1..{total}, got {loaded}")
         self.layers_loaded.labels(self.model).set(loaded)
         self.layers_total.labels(self.model).set(total)
+
+    def set_memory(self, plan: MemoryPlan) -> None:
+        """What the KV cache holds and what it was sized from (at load and after each layer change)."""
+        self.max_num_seqs.labels(self.model).set(plan.max_num_seqs)
+        self.kv_capacity_tokens.labels(self.model).set(plan.kv_capacity_tokens)
+        self.weights_bytes.labels(self.model).set(plan.weight_bytes)
+        if plan.budget_bytes is not None:
+            self.memory_budget_bytes.labels(self.model).set(plan.budget_bytes)
 
     def set_exit_threshold(self, threshold: float) -> None:
         self.exit_threshold.labels(self.model).set(threshold)

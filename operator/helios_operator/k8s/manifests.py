@@ -16,6 +16,7 @@ from typing import Any
 from helios_operator.heliosstatus import HELIOS_STATUS_KIND, HeliosStatusReport
 from helios_operator.reports import EvaluationReport
 from helios_operator.spec import API_VERSION, Candidate, HeliosDeploymentSpec
+from helios_worker.memory_model import MAX_NUM_SEQS
 
 Manifest = dict[str, Any]
 
@@ -89,6 +90,28 @@ def reports_configmap_name(deployment: str) -> str:
 # --- worker pod template ----------------------------------------------------------------------
 
 
+def wants_gpu(spec: HeliosDeploymentSpec) -> bool:
+    resources = spec.worker.resources
+    return any(GPU_RESOURCE in values for values in (resources.limits, resources.requests) if values)
+
+
+def placement_env(spec: HeliosDeploymentSpec) -> dict[str, str]:
+    """Device, dtype and memory budget of a worker, from its resources and the spec.
+
+    A pod asking for ``nvidia.com/gpu`` serves on CUDA in bf16 (the worker's ``auto`` dtype);
+    the budget is ``spec.memoryBudget``, else what the worker finds free on its device. The
+    cache holds as many sequences as the budget allows, up to MAX_NUM_SEQS, at
+    ``spec.contextTokens`` each: the numbers the policy predicted with.
+    """
+    return {
+        "HELIOS_DEVICE": "cuda" if wants_gpu(spec) else "cpu",
+        "HELIOS_DTYPE": "auto",
+        "HELIOS_MEMORY_BUDGET": str(spec.memory_budget) if spec.memory_budget is not None else "auto",
+        "HELIOS_MAX_SEQ_LEN": str(spec.context_tokens),
+        "HELIOS_MAX_BATCH_SIZE": str(MAX_NUM_SEQS),
+    }
+
+
 def worker_env(spec: HeliosDeploymentSpec, candidate: Candidate, extra: Mapping[str, str]) -> list[Manifest]:
     env = {
         "HELIOS_MODEL": candidate.model,
@@ -99,6 +122,7 @@ def worker_env(spec: HeliosDeploymentSpec, candidate: Candidate, extra: Mapping[
         **({"HELIOS_MODEL_REVISION": candidate.revision} if candidate.revision else {}),
         **({"HELIOS_MIN_EXIT_LAYER": str(spec.exit.min_exit_layer)} if spec.exit.min_exit_layer else {}),
         **({"HELIOS_EXIT_GATE": spec.exit.gate} if spec.exit.gate != "none" else {}),
+        **placement_env(spec),
         **extra,
     }
     variables: list[Manifest] = [{"name": key, "value": value} for key, value in env.items()]

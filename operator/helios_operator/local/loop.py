@@ -268,6 +268,8 @@ class LocalRun:
             shadow_fraction=self.spec.monitoring.shadow.fraction,
             exit_histogram=tuple(histograms.get(decision.model, ())),
             exit_gate=self.spec.exit.gate,
+            memory_budget=self.spec.memory_budget,
+            context_tokens=self.spec.context_tokens,
         )
 
     def _scorer_settings(self, model: str) -> WorkerSettings:

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 
 from helios_operator.local.state import WorkerRecord
+from helios_worker.memory_model import MAX_NUM_SEQS
 
 READY_POLL_SECONDS = 0.25
 LOG_TAIL_CHARS = 1500
@@ -77,6 +78,12 @@ def serve_command(settings: WorkerSettings, port: int, host: str, drain_seconds:
         *(["--shadow-fraction", f"{settings.shadow_fraction:g}"] if settings.shadow_fraction else []),
         *(["--exit-histogram", ",".join(map(str, settings.exit_histogram))] if settings.exit_histogram else []),
         *(["--exit-gate", settings.exit_gate] if settings.exit_gate != "none" else []),
+        *(
+            ["--memory-budget", str(settings.memory_budget), "--max-batch-size", str(MAX_NUM_SEQS)]
+            if settings.memory_budget is not None
+            else []
+        ),
+        *(["--max-seq-len", str(settings.context_tokens)] if settings.context_tokens else []),
     ]
 
 
@@ -90,6 +97,8 @@ class WorkerSettings:
     shadow_fraction: float = 0.0  # share of greedy requests kept for the shadow check (local/shadow.py)
     exit_histogram: tuple[int, ...] = ()  # the evaluation's first-confident layers: where exit tests pay
     exit_gate: str = "none"
+    memory_budget: int | None = None  # spec.memoryBudget: the cache holds what fits, up to MAX_NUM_SEQS
+    context_tokens: int | None = None  # spec.contextTokens: each sequence's slot
 
 
 class WorkerProcess:

@@ -16,6 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from helios_worker.memory_model import LayerChangeRefused
 from helios_worker.server.errors import APIError
 from helios_worker.server.openai_routes import ERROR_RESPONSES, Worker
 from helios_worker.server.protocol import (
@@ -41,6 +42,8 @@ async def change_layers(body: LayersRequest, worker: Worker) -> LayersResponse:
         raise APIError(400, f"layers: must be between 1 and {total} for this model", param="layers")
     try:
         change = await runner.change_layers(body.layers)
+    except LayerChangeRefused as error:  # the budget cannot hold the running requests at that depth
+        raise APIError(409, f"layer change refused: {error}", code="layer_change_refused") from None
     except (ValueError, RuntimeError) as error:  # e.g. out of memory while growing
         raise APIError(503, f"layer change failed: {error}", code="layer_change_failed") from None
     return LayersResponse(
@@ -49,6 +52,9 @@ async def change_layers(body: LayersRequest, worker: Worker) -> LayersResponse:
         seconds=change.seconds,
         weight_bytes=change.weight_bytes,
         bytes_read=change.bytes_read,
+        max_num_seqs=change.max_num_seqs,
+        kv_cache_capacity_tokens=change.kv_cache_capacity_tokens,
+        memory_budget_bytes=change.memory_budget_bytes,
     )
 
 

@@ -241,6 +241,9 @@ class LayersResponse(BaseModel):
     seconds: float = Field(description="time the engine spent on the change (no step ran meanwhile)")
     weight_bytes: int = Field(description="checkpoint bytes of the weights now held")
     bytes_read: int = Field(description="checkpoint bytes read for added layers (0 when shrinking)")
+    max_num_seqs: int = Field(description="sequences the KV cache holds at once at the new depth")
+    kv_cache_capacity_tokens: int = Field(description="tokens the KV cache holds at the new depth")
+    memory_budget_bytes: int | None = Field(description="the worker's memory budget (None: no budget)")
 
 
 class StateResponse(BaseModel):

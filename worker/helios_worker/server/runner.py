@@ -33,7 +33,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from helios_worker.engine import Engine, RequestError
-from helios_worker.loading import resize_layers
 from helios_worker.sampling import SamplingParams
 from helios_worker.stats import RequestOutput, StepStats, TokenStats
 
@@ -65,6 +64,9 @@ class LayerChange:
     seconds: float
     weight_bytes: int
     bytes_read: int
+    max_num_seqs: int  # sequences the KV cache holds at the new depth
+    kv_cache_capacity_tokens: int
+    memory_budget_bytes: int | None
 
 
 @dataclass(frozen=True)
@@ -163,8 +165,8 @@ class EngineRunner:
     # --- any thread -----------------------------------------------------------------------
     @property
     def capacity(self) -> int:
-        """Requests held at once: a batch slot each, plus the waiting queue."""
-        return self.engine.config.max_batch_size + self.max_queue
+        """Requests held at once: a batch slot each (as many as the memory budget holds), plus the waiting queue."""
+        return self.engine.num_slots + self.max_queue
 
     @property
     def num_in_flight(self) -> int:
@@ -309,13 +311,9 @@ class EngineRunner:
         previous = engine.active_layers
         start = time.perf_counter()
         try:
-            # Grow: read the new layers, then fill their KV for in-flight rows. Shrink: stop
-            # using the top layers first, then free them.
-            bytes_read = resize_layers(loaded, command.layers) if command.layers > loaded.num_layers_loaded else 0
-            engine.set_active_layers(command.layers)
-            if loaded.num_layers_loaded > command.layers:
-                resize_layers(loaded, command.layers)
-        except (ValueError, RuntimeError) as error:  # ModelLoadError is a ValueError; OOM a RuntimeError
+            # Within the memory budget: the cache gives up or gets back slots (Engine.change_layers).
+            bytes_read = engine.change_layers(command.layers)
+        except (ValueError, RuntimeError) as error:  # refused, ModelLoadError (ValueErrors); OOM a RuntimeError
             command.result.set_exception(error)
             return
         for tracked in self._tracked.values():
@@ -326,6 +324,9 @@ class EngineRunner:
             seconds=time.perf_counter() - start,
             weight_bytes=loaded.weight_bytes(),
             bytes_read=bytes_read,
+            max_num_seqs=engine.num_slots,
+            kv_cache_capacity_tokens=engine.memory_plan.kv_capacity_tokens,
+            memory_budget_bytes=engine.memory_plan.budget_bytes,
         )
         command.result.set_result(change)
         self._callback(self.on_layers_changed, loaded.num_layers_loaded, loaded.num_layers_total)

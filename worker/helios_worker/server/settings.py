@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from helios_worker.byte_sizes import parse_bytes
 from helios_worker.exit_plan import DEFAULT_MAX_EXITS, PROFILE_FILE, parse_exit_layers, parse_histogram
 
 ENV_PREFIX = "HELIOS_"
@@ -56,7 +57,20 @@ class ServerSettings(BaseModel):
     max_batch_size: int = Field(default=16, ge=1, le=4096, description="sequences decoded together")
     max_queue: int = Field(default=64, ge=0, description="requests waiting for a batch slot before 429")
     max_seq_len: int = Field(default=2048, ge=2, description="context per sequence (capped by the model)")
-    device: str = Field(default="cpu", min_length=1, description="cpu or cuda[:i]")
+    device: str = Field(
+        default="auto", min_length=1, description="auto (cuda if a GPU is visible, else cpu), cpu or cuda[:i]"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: bfloat16 on CUDA where supported, float32 on the CPU"
+    )
+    memory_budget: str = Field(
+        default="auto",
+        description="bytes for weights + KV cache + activations (8Gi, 512Mi, ...); auto: free GPU memory x "
+        "--gpu-memory-utilization, or half the cgroup/host memory on the CPU; none: --max-batch-size slots",
+    )
+    gpu_memory_utilization: float = Field(
+        default=0.9, gt=0.0, le=1.0, description="share of free GPU memory an auto budget takes"
+    )
     torch_threads: int | None = Field(
         default=None, ge=1, le=1024, description="CPU threads for torch (default: torch's; 1 suits small models)"
     )
@@ -77,6 +91,13 @@ class ServerSettings(BaseModel):
     @classmethod
     def _exit_layers_parse(cls, value: str) -> str:
         parse_exit_layers(value)  # ValueError -> a validation error naming the flag
+        return value
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _budget_parse(cls, value: str) -> str:
+        if value not in ("auto", "none"):
+            parse_bytes(value)
         return value
 
     @field_validator("exit_histogram")

@@ -48,11 +48,15 @@ class Phase(StrEnum):
 
 def load_engine(settings: ServerSettings) -> Engine:
     """The default loader: the first ``settings.layers`` layers of the model, in an Engine."""
+    from helios_worker.device import resolve_budget, resolve_device, resolve_dtype
     from helios_worker.engine import Engine, EngineConfig
     from helios_worker.exit_plan import describe_exits, find_profile, parse_exit_layers
     from helios_worker.loading import load_model
 
-    loaded = load_model(settings.model_ref, settings.layers, device=settings.device, name=settings.model_name)
+    device = resolve_device(settings.device)
+    budget = resolve_budget(settings.memory_budget, device, settings.gpu_memory_utilization)  # before the weights
+    dtype = resolve_dtype(settings.dtype, device)
+    loaded = load_model(settings.model_ref, settings.layers, device=device, dtype=dtype, name=settings.model_name)
     mode = parse_exit_layers(settings.exit_layers)
     profile, source = find_profile(
         loaded.ref.path,
@@ -72,12 +76,25 @@ def load_engine(settings: ServerSettings) -> Engine:
         max_exits=settings.max_exits,
         exit_gate=settings.exit_gate,
         gate_threshold=settings.gate_threshold,
+        memory_budget=budget,
     )
     if settings.early_exit:
         logger.info(
             "%s: %s; exit gate %s", settings.model_name, describe_exits(mode, profile, source), settings.exit_gate
         )
-    return Engine(loaded, config)
+    engine = Engine(loaded, config)
+    plan = engine.memory_plan
+    logger.info(
+        "%s on %s in %s: memory budget %s, weights %d bytes, KV cache for %d sequences of %d tokens",
+        settings.model_name,
+        device,
+        str(dtype).removeprefix("torch."),
+        "none" if budget is None else f"{budget} bytes",
+        plan.weight_bytes,
+        plan.max_num_seqs,
+        plan.max_seq_len,
+    )
+    return engine
 
 
 RunnerHook = Callable[["EngineRunner"], None]

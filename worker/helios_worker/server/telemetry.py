@@ -34,9 +34,15 @@ def serving_metrics_hook(
     def attach(runner: EngineRunner) -> None:
         metrics = WorkerMetrics.for_model(registry, runner.loaded)
         metrics.set_exit_threshold(runner.engine.config.exit_threshold)
+        metrics.set_memory(runner.engine.memory_plan)
         runner.on_step = metrics.on_step
         runner.on_request_done = metrics.on_request_done
-        runner.on_layers_changed = metrics.set_layers
+
+        def layers_changed(loaded: int, total: int) -> None:
+            metrics.set_layers(loaded, total)
+            metrics.set_memory(runner.engine.memory_plan)
+
+        runner.on_layers_changed = layers_changed
         if on_metrics is not None:
             on_metrics(metrics)
 
