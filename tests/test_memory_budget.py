@@ -250,3 +250,24 @@ def test_growing_with_more_streams_running_than_fit_answers_409(tiny_model):
             rest = [list(stream) for stream in lines]
         assert all(any("[DONE]" in line for line in stream) for stream in rest)  # nothing was lost
         assert client.get("/v1/helios/state").json()["layers_loaded"] == 2
+
+
+def test_a_budgeted_worker_queues_beyond_its_capacity_and_429s_only_when_the_queue_is_full(tiny_model):
+    path = str(tiny_model("llama"))
+    budget = budget_for(load_model(path, layers=2), 2, 1, max_batch_size=8)  # one sequence, though 8 are allowed
+    settings = ServerSettings(
+        model=path, layers=2, max_seq_len=SEQ_LEN, max_batch_size=8, max_queue=1, memory_budget=str(budget)
+    )
+    body = {"prompt": [1, 40, 41], "max_tokens": 5, "stream": True}
+    with live_server(settings) as server, httpx.Client(base_url=server.base_url, timeout=30) as client:
+        server.recorder.gate.clear()  # hold the engine after its first step
+        with (
+            client.stream("POST", "/v1/completions", json=body) as first,
+            client.stream("POST", "/v1/completions", json=body) as queued,
+        ):
+            assert first.status_code == 200 and queued.status_code == 200
+            rejected = client.post("/v1/completions", json={"prompt": [1, 40], "max_tokens": 2})
+            assert rejected.status_code == 429
+            server.recorder.gate.set()
+            assert all(any("[DONE]" in line for line in stream.iter_lines()) for stream in (first, queued))
+        assert "helios_max_num_seqs" in client.get("/metrics").text
