@@ -271,3 +271,27 @@ def test_a_budgeted_worker_queues_beyond_its_capacity_and_429s_only_when_the_que
             server.recorder.gate.set()
             assert all(any("[DONE]" in line for line in stream.iter_lines()) for stream in (first, queued))
         assert "helios_max_num_seqs" in client.get("/metrics").text
+
+
+def test_objective_batch_size_yields_a_worker_that_holds_the_predicted_batch(tiny_model):
+    """select -> the operator's pod env -> the worker's own settings and loader: the same number of sequences."""
+    from helios_operator.policy.select import select
+    from helios_worker.server.state import load_engine
+
+    path = str(tiny_model("llama"))
+    report = evaluate_candidate(load_model(path), ["the quick brown", "def add(a, b):"], 4, 0.8, name="a")
+    spec = HeliosDeploymentSpec.model_validate(
+        {
+            "candidates": [{"name": "a", "model": path}],
+            "objective": "batchSize",
+            "accuracy": {"minAgreement": 0.0},
+            "contextTokens": SEQ_LEN,
+            "memoryBudget": str(budget_for(load_model(path), 4, 3, max_batch_size=MAX_NUM_SEQS)),
+        }
+    )
+    decision = select([report], spec, spec.memory_budget)
+    assert decision.layers < 4 and decision.max_batch_size > 3  # fewer layers, more sequences
+    deployment = manifests.build_deployment(OWNER, spec, spec.candidates[0], decision.layers, "img")
+    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    engine = load_engine(ServerSettings.from_sources({}, env))
+    assert engine.num_slots == decision.max_batch_size
