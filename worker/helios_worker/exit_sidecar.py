@@ -1,0 +1,167 @@
+"""Calibrated exits: per-layer translators and trained gates, stored beside a model.
+
+A sidecar directory holds ``exits.safetensors`` (the tensors) and ``exits.json`` (the
+manifest: which model it was fitted on, where, and how well it did on held-out text).
+``helios calibrate`` writes it; ``helios serve --exits DIR`` and ``helios evaluate --exits DIR``
+use it. A sidecar is bound to one model: its hidden size, depth and weights fingerprint must
+match, or it is refused.
+
+At an exit layer l the translator maps the hidden state to the space of the last layer,
+h' = h + h W_l + b_l (zero-initialised: without fitting it is the plain shared head, as in
+tuned lens), and the shared final norm + LM head read h'. The gate is a logistic classifier
+on h' that predicts "this layer's top-1 is the last layer's top-1"; a token exits where the
+gate's probability reaches the layer's threshold, chosen at calibration for a held-out
+precision target. The K/V fill of skipped layers keeps the *raw* state h: a skipped layer's
+input is a residual-stream state like h, which the translator's last-layer estimate is not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+SIDECAR_VERSION = "helios.exits/v1"
+TENSORS_FILE = "exits.safetensors"
+MANIFEST_FILE = "exits.json"
+_SAMPLE_BYTES = 1 << 20
+
+
+class SidecarError(ValueError):
+    """A sidecar that cannot be read or does not belong to the model."""
+
+
+class LayerReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    layer: int = Field(ge=1)
+    agreement_raw: float = Field(description="Held-out top-1 agreement with the last layer, plain shared head.")
+    agreement_translated: float = Field(description="The same through the translator.")
+    gate_threshold: float = Field(description="Gate probability at which a token exits here.")
+    pass_rate: float = Field(description="Held-out share of tokens the gate lets exit here.")
+    precision: float = Field(description="Held-out share of gate-exited tokens equal to the last layer's top-1.")
+
+
+class ExitManifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = SIDECAR_VERSION
+    model_ref: str
+    weights_fingerprint: str
+    num_layers_total: int = Field(ge=1)
+    hidden_size: int = Field(ge=1)
+    layers: list[int]
+    precision_target: float
+    num_train_tokens: int
+    num_heldout_tokens: int
+    per_layer: list[LayerReport]
+    exit_layer_histogram: list[int] = Field(
+        description="Held-out tokens by first layer whose gate lets them exit (never: at N), an exit profile."
+    )
+    created_at: datetime | None = None
+
+
+def weights_fingerprint(files: list[Path]) -> str:
+    """sha256 over each weight file's name, size, and first and last MiB (header included).
+
+    Reading whole checkpoints would take minutes for large models; the header fixes names,
+    dtypes and shapes, and the sampled bytes tell apart fine-tunes of the same shape.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(files, key=lambda p: p.name):
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(_SAMPLE_BYTES))
+            handle.seek(max(0, size - _SAMPLE_BYTES))
+            digest.update(handle.read(_SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def rms_normalise(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+def gate_probability(weight: torch.Tensor, bias: torch.Tensor, translated: torch.Tensor) -> torch.Tensor:
+    """p(this layer's top-1 is the last layer's) = sigmoid(w . rms_normalise(h') + b), in float32."""
+    return torch.sigmoid(rms_normalise(translated.float()) @ weight.float() + bias.float())
+
+
+class CalibratedExits:
+    """Translators and a trained gate for a model's exit layers, on its device and dtype."""
+
+    name = "trained"
+
+    def __init__(self, manifest: ExitManifest, tensors: dict[str, torch.Tensor]) -> None:
+        self.manifest = manifest
+        self.tensors = tensors
+        self.thresholds = {report.layer: report.gate_threshold for report in manifest.per_layer}
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.manifest.layers)
+
+    def has(self, layer: int) -> bool:
+        return f"layer.{layer}.translator.weight" in self.tensors
+
+    def translate(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """h + h W + b for a calibrated layer; other layers' states pass unchanged."""
+        if not self.has(layer):
+            return hidden
+        weight, bias = self.tensors[f"layer.{layer}.translator.weight"], self.tensors[f"layer.{layer}.translator.bias"]
+        return hidden + hidden @ weight + bias
+
+    def exit_probability(self, layer: int, translated: torch.Tensor) -> torch.Tensor:
+        return gate_probability(
+            self.tensors[f"layer.{layer}.gate.weight"], self.tensors[f"layer.{layer}.gate.bias"], translated
+        )
+
+    # the ExitGate interface (helios_worker.gates): the gate's verdict is the exit decision
+    decides = True
+
+    def passes(self, layer: int, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        if not self.has(layer):
+            return torch.zeros(after.shape[0], dtype=torch.bool, device=after.device)
+        return self.exit_probability(layer, self.translate(layer, after)) >= self.thresholds[layer]
+
+    # --- files ----------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.tensors.items()}, directory / TENSORS_FILE)
+        (directory / MANIFEST_FILE).write_text(self.manifest.model_dump_json(indent=2) + "\n")
+
+    @classmethod
+    def load(
+        cls, directory: Path, *, hidden_size: int, num_layers_total: int, fingerprint: str, device, dtype
+    ) -> CalibratedExits:
+        """Read a sidecar for a model; SidecarError when it is unreadable or fitted on another model."""
+        from pydantic import ValidationError
+        from safetensors.torch import load_file
+
+        try:
+            manifest = ExitManifest.model_validate_json((directory / MANIFEST_FILE).read_text())
+            tensors = load_file(str(directory / TENSORS_FILE))
+        except (OSError, ValidationError, json.JSONDecodeError) as error:
+            raise SidecarError(f"cannot read calibrated exits in {directory}: {error}") from None
+        if manifest.version != SIDECAR_VERSION:
+            raise SidecarError(f"{directory}: sidecar version {manifest.version!r}, expected {SIDECAR_VERSION!r}")
+        if manifest.hidden_size != hidden_size or manifest.num_layers_total != num_layers_total:
+            raise SidecarError(
+                f"{directory} was calibrated for a model with hidden size {manifest.hidden_size} and "
+                f"{manifest.num_layers_total} layers; this one has {hidden_size} and {num_layers_total}"
+            )
+        if manifest.weights_fingerprint != fingerprint:
+            raise SidecarError(
+                f"{directory} was calibrated on other weights ({manifest.model_ref}); "
+                "run helios calibrate for this model"
+            )
+        tensors = {
+            k: v.to(device=device, dtype=dtype if "translator" in k else torch.float32) for k, v in tensors.items()
+        }
+        return cls(manifest, tensors)
