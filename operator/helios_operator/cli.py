@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "serve": "helios_worker.commands.serve",
     "decide": "helios_operator.commands.decide",
     "evaluate": "helios_worker.commands.evaluate",
+    "calibrate": "helios_worker.commands.calibrate",
     "crds": "helios_operator.commands.crds",
     "run": "helios_operator.commands.run",
     "status": "helios_operator.commands.status",

@@ -130,8 +130,8 @@ def fit_gate(
 
 
 def choose_threshold(probabilities: torch.Tensor, correct: torch.Tensor, precision_target: float) -> float:
-    """The lowest probability at which the passing tokens' precision is >= ``precision_target`` at 95%
-    confidence, one sigma (Wilson lower bound: a few lucky tokens do not open a layer); NEVER if none is."""
+    """The lowest probability at which the passing tokens' precision is >= ``precision_target`` at one
+    sigma (Wilson lower bound: a few lucky tokens do not open a layer); NEVER if none is."""
     order = torch.argsort(probabilities, descending=True)
     hits = correct[order].double().cumsum(0)
     counts = torch.arange(1, len(order) + 1, dtype=torch.float64)

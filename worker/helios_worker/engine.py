@@ -25,6 +25,7 @@ import torch
 
 from helios_worker.batch import DecodeBatch, prepare_decode, prepare_prefill
 from helios_worker.exit_plan import DEFAULT_MAX_EXITS, ExitProfile, choose_exit_layers
+from helios_worker.exit_sidecar import CalibratedExits
 from helios_worker.gates import GATE_NAMES, ExitGate, make_gate
 from helios_worker.kv_cache import SlotKVCache
 from helios_worker.loading import LoadedModel, resize_layers
@@ -91,10 +92,19 @@ class Sequence:
 
 
 class Engine:
-    def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None, gate: ExitGate | None = None) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        config: EngineConfig | None = None,
+        gate: ExitGate | None = None,
+        exits: CalibratedExits | None = None,
+    ) -> None:
         self.loaded = loaded
         self.config = config or EngineConfig()
-        self.gate = gate or make_gate(self.config.exit_gate, self.config.gate_threshold)
+        # Calibrated exits (helios calibrate): their translators feed the head, their gate decides.
+        self.exits = exits
+        self.gate = gate or exits or make_gate(self.config.exit_gate, self.config.gate_threshold)
+        self._gate_decides = bool(getattr(self.gate, "decides", False))
         self.family = loaded.family
         self.model = loaded.model
         model_config = loaded.config
@@ -156,11 +166,19 @@ class Engine:
             return mode
         if mode == "all":
             return range(config.min_exit_layer, last)
-        if mode == "none" or config.exit_profile is None:
+        profile = config.exit_profile
+        if profile is None and self.exits is not None:
+            histogram = self.exits.manifest.exit_layer_histogram
+        elif mode == "none" or profile is None:
             return ()
-        histogram = config.exit_profile.exit_layer_histogram
+        else:
+            histogram = profile.exit_layer_histogram
+        if mode == "none":
+            return ()
         costs = self.loaded.step_costs(context_tokens)
-        return choose_exit_layers(histogram, last, costs, rows, config.max_exits, config.min_exit_layer)
+        return choose_exit_layers(
+            histogram, last, costs, rows, config.max_exits, config.min_exit_layer, gated=self._gate_decides
+        )
 
     def add_request(
         self, prompt_token_ids: list[int], params: SamplingParams | None = None, request_id: str | None = None
@@ -432,13 +450,16 @@ class Engine:
             if not candidates:
                 return []
             states = after[:, -1] if len(candidates) == len(running) else after[passed, -1]
+        if self.exits is not None:  # the head reads the translated state
+            states = self.exits.translate(layer, states)
         self._num_head_rows += len(candidates)
         logits = self.family.exit_head(self.model, states)  # [candidates, vocab]
         confidence, greedy = (t.tolist() for t in logits.float().softmax(-1).max(-1))
         threshold = self.config.exit_threshold
+        confident_enough = is_last or self._gate_decides  # a trained gate's verdict is the exit decision
         leaving = []
         for j, row in enumerate(candidates):
-            if not is_last and confidence[j] < threshold:
+            if not confident_enough and confidence[j] < threshold:
                 continue
             seq = seqs[running[row]]
             token = greedy[j] if seq.params.is_greedy else sample(logits[j], seq.params, seq.generator)

@@ -104,16 +104,28 @@ def exit_distribution(histogram: Sequence[int], num_layers: int, exits: Sequence
 
 
 def expected_cost(
-    histogram: Sequence[int], num_layers: int, exits: Sequence[int], costs: StepCosts, rows: int = 1
+    histogram: Sequence[int],
+    num_layers: int,
+    exits: Sequence[int],
+    costs: StepCosts,
+    rows: int = 1,
+    gated: bool = False,
 ) -> float:
-    """Expected work per token of a decode step over ``rows`` independent rows (see ``StepCosts``)."""
+    """Expected work per token of a decode step over ``rows`` independent rows (see ``StepCosts``).
+
+    ``gated``: a trained gate decides the exit, so at an intermediate test only the rows that
+    leave get the head (its weights are read when at least one does).
+    """
     shares = exit_distribution(histogram, num_layers, exits)
     work, left = 0.0, 0.0  # left: P(a row has exited before the current layer)
     for layer in range(1, num_layers + 1):
         alive = 1.0 - left
         anyone_alive = 1.0 - left**rows
         work += anyone_alive + rows * alive * costs.row
-        if layer in shares:
+        if layer in shares and gated and layer < num_layers:
+            share = shares[layer]
+            work += costs.head * (1.0 - (1.0 - share) ** rows) + rows * share * costs.head_row
+        elif layer in shares:
             work += costs.head * anyone_alive + rows * alive * costs.head_row
         if left > 0:  # rows that left earlier get this layer's K/V projected
             work += costs.fill * (1.0 - alive**rows)
@@ -128,6 +140,7 @@ def choose_exit_layers(
     rows: int = 1,
     max_exits: int = DEFAULT_MAX_EXITS,
     min_exit_layer: int = 1,
+    gated: bool = False,
 ) -> tuple[int, ...]:
     """Up to ``max_exits`` layers in [min_exit_layer, num_layers) that lower ``expected_cost`` the most.
 
@@ -137,11 +150,13 @@ def choose_exit_layers(
     if num_layers < 1 or max_exits < 0 or rows < 1 or costs.head < 0:
         raise ValueError("num_layers >= 1, rows >= 1, max_exits >= 0 and a head cost >= 0 are required")
     chosen: list[int] = []
-    cost = expected_cost(histogram, num_layers, chosen, costs, rows)
+    cost = expected_cost(histogram, num_layers, chosen, costs, rows, gated)
     candidates = [layer for layer in range(max(1, min_exit_layer), min(num_layers, len(histogram) + 1))]
     while len(chosen) < max_exits:
         trials = [
-            (expected_cost(histogram, num_layers, [*chosen, c], costs, rows), c) for c in candidates if c not in chosen
+            (expected_cost(histogram, num_layers, [*chosen, c], costs, rows, gated), c)
+            for c in candidates
+            if c not in chosen
         ]
         if not trials:
             break

@@ -10,8 +10,9 @@ gets the head: that is greedy exit, whatever the gate says.
 - ``saturation``: CALM's hidden-state saturation (Schuster et al. 2022): the cosine between a
   layer's input and output; a state that stopped changing is likely settled. No training.
 - ``trained``: a linear classifier per exit layer on the hidden state, predicting "this
-  layer's top-1 equals the last layer's", fitted by ``helios calibrate`` (a later change);
-  ``LinearGate`` is the interface that gate implements.
+  layer's top-1 equals the last layer's", fitted by ``helios calibrate``
+  (``helios_worker.exit_sidecar.CalibratedExits``; ``LinearGate`` is the bare interface). Its
+  verdict is the exit decision (``decides``): the rows it passes leave without the softmax test.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 
-GateName = Literal["none", "saturation"]
-GATE_NAMES: tuple[str, ...] = ("none", "saturation")
+GateName = Literal["none", "saturation", "trained"]
+GATE_NAMES: tuple[str, ...] = ("none", "saturation", "trained")
 DEFAULT_SATURATION_THRESHOLD = 0.95
 
 
@@ -85,5 +86,5 @@ def make_gate(name: str, threshold: float | None = None) -> ExitGate:
     if name == "saturation":
         return SaturationGate(DEFAULT_SATURATION_THRESHOLD if threshold is None else threshold)
     if name == "trained":
-        raise ValueError("the trained exit gate needs calibrated exits (helios calibrate), which are not available yet")
+        raise ValueError("the trained exit gate needs calibrated exits: --exits DIR, written by helios calibrate")
     raise ValueError(f"unknown exit gate {name!r}; choose one of: {', '.join(GATE_NAMES)}")

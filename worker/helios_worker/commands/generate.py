@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--exit-profile", default=None, help="evaluation report JSON (helios evaluate --json)")
     parser.add_argument("--exit-gate", choices=("none", "saturation"), default="none", help="test before the head")
+    parser.add_argument("--exits", default=None, help="calibrated exits (helios calibrate): their gate decides")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     parser.add_argument("--top-p", type=float, default=1.0)
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from helios_worker.loading import ModelLoadError, load_model
     from helios_worker.model_refs import ModelRefError
     from helios_worker.sampling import SamplingParams
+    from helios_worker.server.state import load_exits
 
     prompts = _prompts(args)
     try:
@@ -69,9 +71,12 @@ def run(args: argparse.Namespace) -> int:
             exit_profile=profile,
             exit_gate=args.exit_gate,
         )
+        exits = load_exits(loaded, args.exits) if args.exits else None
+        if exits is not None and profile is None:
+            source = f"{args.exits} (calibrated exits)"
         if config.early_exit:
-            print(describe_exits(mode, profile, source), file=sys.stderr)
-        engine = Engine(loaded, config)
+            print(describe_exits(mode, profile or (exits and exits.manifest), source), file=sys.stderr)
+        engine = Engine(loaded, config, exits=exits)
         token_ids = [loaded.tokenizer(p).input_ids for p in prompts]
         outputs = engine.generate(token_ids, params)
     except (ModelRefError, ModelLoadError, RequestError, ValueError) as error:

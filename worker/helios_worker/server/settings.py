@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from helios_worker.byte_sizes import parse_bytes
 from helios_worker.exit_plan import DEFAULT_MAX_EXITS, PROFILE_FILE, parse_exit_layers, parse_histogram
@@ -48,8 +48,11 @@ class ServerSettings(BaseModel):
         default=None, description="first-confident-layer counts, one per layer (the operator passes its evaluation's)"
     )
     max_exits: int = Field(default=DEFAULT_MAX_EXITS, ge=0, le=64, description="at most this many exits with auto")
-    exit_gate: Literal["none", "saturation"] = Field(
-        default="none", description="O(hidden) test before the LM head: none | saturation"
+    exit_gate: Literal["none", "saturation", "trained"] = Field(
+        default="none", description="O(hidden) test before the LM head: none | saturation | trained (needs --exits)"
+    )
+    exits: str | None = Field(
+        default=None, description="calibrated exits (helios calibrate): translators feed the head, the gate decides"
     )
     gate_threshold: float | None = Field(
         default=None, ge=-1.0, le=1.0, description="the gate's threshold (saturation: cosine, default 0.95)"
@@ -107,7 +110,17 @@ class ServerSettings(BaseModel):
             parse_histogram(value)
         return value
 
-    @field_validator("api_key", "model_revision", "served_model_name", "exit_profile", "exit_histogram", mode="before")
+    @model_validator(mode="after")
+    def _trained_gate_needs_exits(self) -> ServerSettings:
+        if self.exit_gate == "trained" and self.exits is None:
+            raise ValueError("exit_gate trained needs calibrated exits (--exits DIR from helios calibrate)")
+        if self.exits is not None and self.exit_gate == "saturation":
+            raise ValueError("exit_gate saturation cannot be combined with --exits, whose trained gate decides")
+        return self
+
+    @field_validator(
+        "api_key", "model_revision", "served_model_name", "exit_profile", "exit_histogram", "exits", mode="before"
+    )
     @classmethod
     def _empty_means_unset(cls, value: Any) -> Any:
         # An empty HELIOS_API_KEY= in a manifest must not turn auth on with an empty key.

@@ -78,11 +78,17 @@ def load_engine(settings: ServerSettings) -> Engine:
         gate_threshold=settings.gate_threshold,
         memory_budget=budget,
     )
+    exits = load_exits(loaded, settings.exits) if settings.exits else None
+    engine = Engine(loaded, config, exits=exits)
+    if exits is not None and profile is None:
+        profile, source = exits.manifest, f"{settings.exits} (calibrated exits)"
     if settings.early_exit:
         logger.info(
-            "%s: %s; exit gate %s", settings.model_name, describe_exits(mode, profile, source), settings.exit_gate
+            "%s: %s; exit gate %s",
+            settings.model_name,
+            describe_exits(mode, profile, source),
+            "trained" if exits else settings.exit_gate,
         )
-    engine = Engine(loaded, config)
     plan = engine.memory_plan
     logger.info(
         "%s on %s in %s: memory budget %s, weights %d bytes, KV cache for %d sequences of %d tokens",
@@ -95,6 +101,22 @@ def load_engine(settings: ServerSettings) -> Engine:
         plan.max_seq_len,
     )
     return engine
+
+
+def load_exits(loaded, directory: str):
+    """The calibrated exits in ``directory`` for ``loaded``; SidecarError if they belong to another model."""
+    from pathlib import Path
+
+    from helios_worker.exit_sidecar import CalibratedExits, weights_fingerprint
+
+    return CalibratedExits.load(
+        Path(directory),
+        hidden_size=loaded.config.hidden_size,
+        num_layers_total=loaded.num_layers_total,
+        fingerprint=weights_fingerprint(sorted(set(loaded.checkpoint.files.values()))),
+        device=loaded.device,
+        dtype=loaded.dtype,
+    )
 
 
 RunnerHook = Callable[["EngineRunner"], None]
