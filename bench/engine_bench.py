@@ -38,6 +38,7 @@ from helios_worker.exit_plan import PROFILE_FILE, parse_exit_layers, read_profil
 from helios_worker.loading import LoadedModel, load_model
 from helios_worker.sampling import SamplingParams
 from helios_worker.scoring import sequence_logits
+from helios_worker.server.state import load_exits
 
 PROMPTS_FILE = Path(__file__).resolve().parent.parent / "worker/helios_worker/assets/prompts/in_domain.txt"
 MIB = 1 << 20
@@ -153,10 +154,12 @@ class HFSystem:
 
 
 class EngineSystem:
-    def __init__(self, loaded: LoadedModel, name: str, prompts: list[list[int]], new_tokens: int, config) -> None:
+    def __init__(
+        self, loaded: LoadedModel, name: str, prompts: list[list[int]], new_tokens: int, config, exits=None
+    ) -> None:
         self.loaded, self.name, self.prompts = loaded, name, prompts
         self.params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
-        self.engine = Engine(loaded, config)
+        self.engine = Engine(loaded, config, exits=exits)
         self.engine.generate(prompts[:1], SamplingParams(max_new_tokens=2, ignore_eos=True))  # warm-up
         self.layers = self.engine.active_layers
         self.exits = ",".join(map(str, self.engine.exit_layers_for(len(prompts), 64)[:-1])) or "L only"
@@ -259,10 +262,22 @@ def bench_model(ref: str, args) -> list[tuple[str, list[Run]]]:
         for gate in args.gates:
             config = EngineConfig(exit_layers=exit_config(args.exit_layers, n), exit_gate=gate, **base)
             systems.append(EngineSystem(full, f"c ee-{gate}", prompts, args.new_tokens, config))
+        if args.exits:  # calibrated exits: translators, trained gates, and their own exit profile
+            config = EngineConfig(exit_layers=exit_config(args.exit_layers, n), **{**base, "exit_profile": None})
+            exits = load_exits(full, str(args.exits))
+            systems.append(EngineSystem(full, "c ee-calibrated", prompts, args.new_tokens, config, exits))
         for layers, model in truncated.items():
             for gate in args.gates:
                 config = EngineConfig(exit_layers=exit_config(args.exit_layers, layers), exit_gate=gate, **base)
                 systems.append(EngineSystem(model, f"d helios-L{layers}-{gate}", prompts, args.new_tokens, config))
+            if args.exits:
+                config = EngineConfig(
+                    exit_layers=exit_config(args.exit_layers, layers), **{**base, "exit_profile": None}
+                )
+                name = f"d helios-L{layers}-calibrated"
+                systems.append(
+                    EngineSystem(model, name, prompts, args.new_tokens, config, load_exits(model, str(args.exits)))
+                )
         runs = time_systems(systems, args.repeats, device)
         for run in runs:
             run.agreement = agreement(full, prompts, run.token_ids)
@@ -330,6 +345,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--exit-layers", default="auto", help="auto | none | all | every:K | 4,6")
     parser.add_argument("--gates", nargs="*", default=["none", "saturation"], help="exit gates to compare")
+    parser.add_argument("--exits", type=Path, default=None, help="calibrated exits (helios calibrate) to add rows for")
     parser.add_argument("--prompts", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds; each config's fastest counts")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -117,8 +117,16 @@ def reference_generate(
     exit_layers: list[int],
     gate: Gate | None = None,
     eos_token_id: int | None = None,
+    layer_gate: Callable[[int, torch.Tensor, torch.Tensor], bool] | None = None,
+    translate: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    thresholds: dict[int, float] | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Greedy early-exit generation; returns (tokens, exit layers). Stops at ``eos_token_id`` if given."""
+    """Greedy early-exit generation; returns (tokens, exit layers). Stops at ``eos_token_id`` if given.
+
+    ``layer_gate(layer, before, after)`` like ``gate`` but told the layer; ``translate(layer, h)``
+    maps a state before the head reads it (calibrated exits); ``thresholds`` overrides the
+    confidence threshold per layer.
+    """
     num_layers = hf.num_layers
     cache = ListCache(num_layers)
     tokens: list[int] = []
@@ -138,8 +146,11 @@ def reference_generate(
             is_last = layer_no == num_layers
             if not is_last and gate is not None and not gate(before[0, -1], hidden[0, -1]):
                 continue
-            probs = hf.head(hidden[:, -1]).softmax(-1)[0]
-            if probs.max() >= threshold or is_last:
+            if not is_last and layer_gate is not None and not layer_gate(layer_no, before[0, -1], hidden[0, -1]):
+                continue
+            state = hidden[:, -1] if translate is None else translate(layer_no, hidden[:, -1])
+            probs = hf.head(state).softmax(-1)[0]
+            if probs.max() >= (thresholds or {}).get(layer_no, threshold) or is_last:
                 decision = (int(probs.argmax()), layer_no)
                 if start > 0:  # decode: each skipped layer caches what it writes for this state
                     for skipped in range(layer_no, num_layers):

@@ -72,6 +72,11 @@ class EvaluationReport(BaseModel):
     shape: ModelShape | None = Field(
         default=None, description="Model sizes for the memory model (helios_worker.memory_model); None in old reports."
     )
+    exits: str | None = Field(
+        default=None,
+        description="Calibrated exits the curves were measured with (helios calibrate: model@id); None: the "
+        "plain shared head at the exit threshold.",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         default=None, description="The dtype the candidate was evaluated (and is served) in."
     )

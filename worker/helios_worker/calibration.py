@@ -5,8 +5,9 @@ For each exit layer l, from the frozen model's hidden states on plain text:
   towards the last layer's state, so the shared head reads a state like the one it was
   trained on;
 - a gate: logistic regression on the RMS-normalised translated state, predicting "the head's
-  top-1 here equals the last layer's top-1", and the probability threshold at which its
-  exits reach ``precision_target`` on a validation split.
+  top-1 here equals the last layer's top-1", which decides who gets the head at all;
+- the translated head's confidence threshold at which exits reach ``precision_target`` on a
+  validation split, and the gate threshold that keeps GATE_RECALL of those exits.
 Everything is then measured on held-out text the fit never saw (``ExitManifest.per_layer``).
 """
 
@@ -30,11 +31,13 @@ from helios_worker.exit_sidecar import (
 from helios_worker.kv_cache import SlotKVCache
 from helios_worker.loading import LoadedModel
 
+Pair = tuple[torch.Tensor, torch.Tensor]
 RIDGE = 1e-2  # ridge strength, relative to the mean feature variance
 GATE_L2 = 1e-3
 GATE_STEPS = 200
 MAX_AUTO_LAYERS = 12
 NEVER = 1.01  # a threshold no probability reaches: the layer is not used
+GATE_RECALL = 0.9  # share of the tokens that would exit that the gate must still send to the head
 
 
 @dataclass
@@ -162,7 +165,7 @@ def calibrate(
         raise ValueError(f"no exit layer to calibrate below the last ({loaded.num_layers_total})")
     train = collect_states(loaded, train_ids, layers, progress=progress)
     heldout = collect_states(loaded, heldout_ids, layers, progress=progress)
-    top1 = _top1(loaded)
+    head = _confidence_and_top(loaded)
     split = int(0.8 * len(train.final))  # the gate's threshold is chosen on the last fifth
     tensors: dict[str, torch.Tensor] = {}
     reports: list[LayerReport] = []
@@ -170,22 +173,30 @@ def calibrate(
     for layer in layers:
         weight, bias = fit_translator(train.by_layer[layer][:split], train.final[:split])
         translated = train.by_layer[layer] + train.by_layer[layer] @ weight + bias
-        correct = top1(translated) == train.final_top
+        confidence, top = head(translated)
+        correct = top == train.final_top
         gate_w, gate_b = fit_gate(translated[:split], correct[:split])
-        threshold = choose_threshold(
-            gate_probability(gate_w, gate_b, translated[split:]), correct[split:], precision_target
-        )
+        # on the validation fifth: the confidence that reaches the precision target, then the
+        # gate threshold that still sends GATE_RECALL of those confident tokens to the head
+        confidence_threshold = choose_threshold(confidence[split:], correct[split:], precision_target)
+        gate = gate_probability(gate_w, gate_b, translated[split:])
+        would_exit = gate[confidence[split:] >= confidence_threshold]
+        gate_threshold = float(torch.quantile(would_exit, 1 - GATE_RECALL)) if would_exit.numel() else NEVER
         raw = heldout.by_layer[layer]
         held = raw + raw @ weight + bias
-        held_correct = top1(held) == heldout.final_top
-        passed = gate_probability(gate_w, gate_b, held) >= threshold
+        held_confidence, held_top = head(held)
+        held_correct = held_top == heldout.final_top
+        gated = gate_probability(gate_w, gate_b, held) >= gate_threshold
+        passed = gated & (held_confidence >= confidence_threshold)
         first_exit = torch.where(passed & (first_exit == loaded.num_layers_total), layer, first_exit)
         reports.append(
             LayerReport(
                 layer=layer,
-                agreement_raw=float((top1(raw) == heldout.final_top).float().mean()),
+                agreement_raw=float((head(raw)[1] == heldout.final_top).float().mean()),
                 agreement_translated=float(held_correct.float().mean()),
-                gate_threshold=threshold,
+                gate_threshold=gate_threshold,
+                confidence_threshold=confidence_threshold,
+                gate_pass_rate=float(gated.float().mean()),
                 pass_rate=float(passed.float().mean()),
                 precision=float(held_correct[passed].float().mean()) if passed.any() else 0.0,
             )
@@ -213,15 +224,18 @@ def calibrate(
     return CalibratedExits(manifest, tensors)
 
 
-def _top1(loaded: LoadedModel, chunk: int = 1024) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The shared final norm + LM head's top-1 for CPU states, in chunks (logits of 20k tokens would not fit)."""
+def _confidence_and_top(loaded: LoadedModel, chunk: int = 1024) -> Callable[[torch.Tensor], Pair]:
+    """The shared final norm + LM head's (max softmax, top-1) for CPU states, in chunks (20k tokens of
+    logits would not fit)."""
     family, model = loaded.family, loaded.model
 
-    def top1(states: torch.Tensor) -> torch.Tensor:
-        parts = []
+    def head(states: torch.Tensor) -> Pair:
+        confidences, tops = [], []
         for start in range(0, len(states), chunk):
             part = states[start : start + chunk].to(device=loaded.device, dtype=loaded.dtype)
-            parts.append(family.exit_head(model, part).argmax(-1).cpu())
-        return torch.cat(parts)
+            confidence, top = family.exit_head(model, part).float().softmax(-1).max(-1)
+            confidences.append(confidence.cpu())
+            tops.append(top.cpu())
+        return torch.cat(confidences), torch.cat(tops)
 
-    return top1
+    return head

@@ -104,7 +104,6 @@ class Engine:
         # Calibrated exits (helios calibrate): their translators feed the head, their gate decides.
         self.exits = exits
         self.gate = gate or exits or make_gate(self.config.exit_gate, self.config.gate_threshold)
-        self._gate_decides = bool(getattr(self.gate, "decides", False))
         self.family = loaded.family
         self.model = loaded.model
         model_config = loaded.config
@@ -177,7 +176,7 @@ class Engine:
             return ()
         costs = self.loaded.step_costs(context_tokens)
         return choose_exit_layers(
-            histogram, last, costs, rows, config.max_exits, config.min_exit_layer, gated=self._gate_decides
+            histogram, last, costs, rows, config.max_exits, config.min_exit_layer, gated=self.exits is not None
         )
 
     def add_request(
@@ -456,10 +455,11 @@ class Engine:
         logits = self.family.exit_head(self.model, states)  # [candidates, vocab]
         confidence, greedy = (t.tolist() for t in logits.float().softmax(-1).max(-1))
         threshold = self.config.exit_threshold
-        confident_enough = is_last or self._gate_decides  # a trained gate's verdict is the exit decision
+        if self.exits is not None:  # calibrated per layer for a precision target
+            threshold = self.exits.confidence_threshold(layer, threshold)
         leaving = []
         for j, row in enumerate(candidates):
-            if not confident_enough and confidence[j] < threshold:
+            if not is_last and confidence[j] < threshold:
                 continue
             seq = seqs[running[row]]
             token = greedy[j] if seq.params.is_greedy else sample(logits[j], seq.params, seq.generator)
@@ -477,9 +477,14 @@ class Engine:
         if layer < self.active_layers:
             return []
         states, self._probe_states = torch.stack(self._probe_states), []  # [layers, rows, hidden]
+        raw = states
+        if self.exits is not None:  # the head reads translated states, as when serving
+            states = torch.stack([self.exits.translate(index + 1, state) for index, state in enumerate(states)])
         logits = self.family.exit_head(self.model, states)  # [layers, rows, vocab]
         self._num_head_rows += states.shape[0] * states.shape[1]
         confidence, top = logits.float().softmax(-1).max(-1)  # [layers, rows]
+        if self.exits is not None:
+            confidence = self._calibrated_exit_indicators(raw, confidence)
         for column, row in enumerate(running):
             seq = seqs[row]
             seq.probe = list(zip(confidence[:, column].tolist(), top[:, column].tolist(), strict=True))
@@ -487,6 +492,20 @@ class Engine:
             token = greedy if seq.params.is_greedy else sample(logits[-1, column], seq.params, seq.generator)
             self._emit(seq, token, float(confidence[-1, column]), layer)
         return list(range(len(running)))
+
+    def _calibrated_exit_indicators(self, raw: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+        """Probe mode with calibrated exits: 1.0 where a token would exit (gate and the layer's own
+        confidence threshold), else 0.0; the last layer keeps its confidence. Any exit threshold in
+        (0, 1] then reads these as the calibrated exit rule (``evaluation.summarize``)."""
+        indicators = torch.zeros_like(confidence)
+        for index in range(confidence.shape[0] - 1):
+            layer = index + 1
+            if self.exits.has(layer):
+                passed = self.exits.passes(layer, raw[index], raw[index])
+                threshold = self.exits.confidence_threshold(layer, self.config.exit_threshold)
+                indicators[index] = (passed & (confidence[index] >= threshold)).float()
+        indicators[-1] = confidence[-1]
+        return indicators
 
     def _fill_skipped_kv(self, batch: DecodeBatch, exit_at: list[int], exit_state: torch.Tensor) -> None:
         """Write K/V for the layers each row skipped, projected from its exit hidden state."""

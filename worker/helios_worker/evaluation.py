@@ -242,11 +242,13 @@ def evaluate_candidate(
     name: str | None = None,
     progress: ProgressCallback | None = None,
     telemetry: GpuTelemetry | None = None,
+    exits_dir: str | None = None,
 ) -> EvaluationReport:
     """Run ``prompts`` through ``loaded`` at full depth and report what early exit would do.
 
     ``progress(n)`` is called after each engine step with the tokens it produced, over both
-    passes (see NUM_PASSES). ``telemetry`` gives energy when the model is on a GPU.
+    passes (see NUM_PASSES). ``telemetry`` gives energy when the model is on a GPU. With
+    ``exits_dir`` (helios calibrate) the exit curves are those of the calibrated exits.
     """
     from helios_worker.engine import Engine, EngineConfig
 
@@ -260,12 +262,18 @@ def evaluate_candidate(
     max_seq_len = max(2, max(len(ids) for ids in prompt_ids) + max_new_tokens)
     batch = min(len(prompt_ids), MAX_BATCH_SIZE)
 
-    def engine(**options: Any) -> Engine:
+    exits = None
+    if exits_dir is not None:
+        from helios_worker.server.state import load_exits
+
+        exits = load_exits(loaded, exits_dir)
+
+    def engine(exits=None, **options: Any) -> Engine:
         config = EngineConfig(max_batch_size=batch, max_seq_len=max_seq_len, exit_threshold=exit_threshold, **options)
-        return Engine(loaded, config)
+        return Engine(loaded, config, exits=exits)
 
     run = _Run(loaded, telemetry, progress)
-    probe = engine(probe_layers=True)
+    probe = engine(exits, probe_layers=True)
     prompt_ids = _fit_context(prompt_ids, max_new_tokens, probe.max_seq_len)
     probed = run.generate(probe, prompt_ids, max_new_tokens)  # also warms up kernels and allocator
     kv_bytes_per_token_per_layer = probe.cache.bytes_per_token // probe.cache.num_layers
@@ -310,6 +318,7 @@ def evaluate_candidate(
         energy_per_token_joules=energy_per_token,
         shape=loaded.shape,
         dtype=str(loaded.dtype).removeprefix("torch."),
+        exits=None if exits is None else exits.manifest.identity,
         device=run.device_name(),
         evaluated_at=datetime.now(UTC),
     )
@@ -324,8 +333,11 @@ def evaluate_candidates(
     device: str = "cpu",
     progress: Callable[[str, int], None] | None = None,
     telemetry: GpuTelemetry | None = None,
+    exits: dict[str, str] | None = None,
 ) -> list[EvaluationReport]:
     """Evaluate each (name, ref) in turn, loading it at full depth and freeing it before the next.
+
+    ``exits`` maps candidate names to calibrated-exit directories.
 
     ``progress(name, tokens)`` reports tokens as they are generated. Raises ModelRefError /
     ModelLoadError for a candidate that cannot be loaded, EvaluationError for bad settings.
@@ -336,7 +348,10 @@ def evaluate_candidates(
     for name, ref in candidates:
         loaded = load_model(ref, device=device, name=name)
         on_tokens = None if progress is None else (lambda tokens, name=name: progress(name, tokens))
-        reports.append(evaluate_candidate(loaded, prompts, max_new_tokens, exit_threshold, name, on_tokens, telemetry))
+        exits_dir = (exits or {}).get(name)
+        reports.append(
+            evaluate_candidate(loaded, prompts, max_new_tokens, exit_threshold, name, on_tokens, telemetry, exits_dir)
+        )
         del loaded
         _free_memory(device)
     return reports

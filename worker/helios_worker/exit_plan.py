@@ -113,8 +113,9 @@ def expected_cost(
 ) -> float:
     """Expected work per token of a decode step over ``rows`` independent rows (see ``StepCosts``).
 
-    ``gated``: a trained gate decides the exit, so at an intermediate test only the rows that
-    leave get the head (its weights are read when at least one does).
+    ``gated``: a trained gate sends to the head about the rows that leave (calibrated to keep
+    90% of them, at a precision near 1), so at an intermediate test only those are counted
+    (its weights are read when at least one leaves).
     """
     shares = exit_distribution(histogram, num_layers, exits)
     work, left = 0.0, 0.0  # left: P(a row has exited before the current layer)

@@ -9,10 +9,13 @@ match, or it is refused.
 At an exit layer l the translator maps the hidden state to the space of the last layer,
 h' = h + h W_l + b_l (zero-initialised: without fitting it is the plain shared head, as in
 tuned lens), and the shared final norm + LM head read h'. The gate is a logistic classifier
-on h' that predicts "this layer's top-1 is the last layer's top-1"; a token exits where the
-gate's probability reaches the layer's threshold, chosen at calibration for a held-out
-precision target. The K/V fill of skipped layers keeps the *raw* state h: a skipped layer's
-input is a residual-stream state like h, which the translator's last-layer estimate is not.
+on h' that predicts "this layer's top-1 is the last layer's top-1": a token whose gate
+probability reaches the layer's gate threshold gets the head (the others never pay for it),
+and exits when the translated distribution's top probability reaches the layer's confidence
+threshold. Both thresholds are chosen at calibration: the confidence one for a precision
+target, the gate one to keep 90% of the tokens that would exit. The K/V fill of skipped
+layers keeps the *raw* state h: a skipped layer's input is a residual-stream state like h,
+which the translator's last-layer estimate is not.
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ class LayerReport(BaseModel):
     layer: int = Field(ge=1)
     agreement_raw: float = Field(description="Held-out top-1 agreement with the last layer, plain shared head.")
     agreement_translated: float = Field(description="The same through the translator.")
-    gate_threshold: float = Field(description="Gate probability at which a token exits here.")
-    pass_rate: float = Field(description="Held-out share of tokens the gate lets exit here.")
-    precision: float = Field(description="Held-out share of gate-exited tokens equal to the last layer's top-1.")
+    gate_threshold: float = Field(description="Gate probability from which a token gets the head here.")
+    confidence_threshold: float = Field(description="Max softmax of the translated head at which it exits here.")
+    gate_pass_rate: float = Field(description="Held-out share of tokens the gate sends to the head here.")
+    pass_rate: float = Field(description="Held-out share of tokens that exit here (gate and confidence).")
+    precision: float = Field(description="Held-out share of exited tokens equal to the last layer's top-1.")
 
 
 class ExitManifest(BaseModel):
@@ -63,6 +68,12 @@ class ExitManifest(BaseModel):
         description="Held-out tokens by first layer whose gate lets them exit (never: at N), an exit profile."
     )
     created_at: datetime | None = None
+
+    @property
+    def identity(self) -> str:
+        """A short id of this calibration (what an EvaluationReport records)."""
+        digest = hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:12]
+        return f"{self.model_ref}@{digest}"
 
 
 def weights_fingerprint(files: list[Path]) -> str:
@@ -100,6 +111,7 @@ class CalibratedExits:
         self.manifest = manifest
         self.tensors = tensors
         self.thresholds = {report.layer: report.gate_threshold for report in manifest.per_layer}
+        self.confidence_thresholds = {report.layer: report.confidence_threshold for report in manifest.per_layer}
 
     @property
     def layers(self) -> list[int]:
@@ -120,9 +132,10 @@ class CalibratedExits:
             self.tensors[f"layer.{layer}.gate.weight"], self.tensors[f"layer.{layer}.gate.bias"], translated
         )
 
-    # the ExitGate interface (helios_worker.gates): the gate's verdict is the exit decision
-    decides = True
+    def confidence_threshold(self, layer: int, default: float) -> float:
+        return self.confidence_thresholds.get(layer, default)
 
+    # the ExitGate interface (helios_worker.gates)
     def passes(self, layer: int, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
         if not self.has(layer):
             return torch.zeros(after.shape[0], dtype=torch.bool, device=after.device)

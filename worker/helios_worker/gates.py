@@ -11,8 +11,8 @@ gets the head: that is greedy exit, whatever the gate says.
   layer's input and output; a state that stopped changing is likely settled. No training.
 - ``trained``: a linear classifier per exit layer on the hidden state, predicting "this
   layer's top-1 equals the last layer's", fitted by ``helios calibrate``
-  (``helios_worker.exit_sidecar.CalibratedExits``; ``LinearGate`` is the bare interface). Its
-  verdict is the exit decision (``decides``): the rows it passes leave without the softmax test.
+  (``helios_worker.exit_sidecar.CalibratedExits``; ``LinearGate`` is the bare interface); the
+  rows it passes get the translated head and exit at the layer's calibrated confidence.
 """
 
 from __future__ import annotations

@@ -28,7 +28,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--exit-threshold", type=float, default=0.8, help="a token exits when max softmax >= T")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    parser.add_argument(
+        "--exits", action="append", default=[], metavar="[NAME=]DIR", help="calibrated exits for a candidate"
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON list of evaluation reports on stdout")
+
+
+def _exits_by_candidate(values: list[str], names: list[str]) -> dict[str, str]:
+    """``--exits DIR`` (one candidate) or ``--exits NAME=DIR`` (any) -> {candidate: DIR}."""
+    from helios_operator.cli import UserError
+
+    exits: dict[str, str] = {}
+    for value in values:
+        name, separator, directory = value.partition("=")
+        if not separator:
+            if len(names) != 1:
+                raise UserError("--exits: with several candidates give NAME=DIR")
+            name, directory = names[0], value
+        if name not in names:
+            raise UserError(f"--exits: no candidate named {name!r}")
+        exits[name] = directory
+    return exits
 
 
 def read_prompts_file(path: Path) -> list[str]:
@@ -113,8 +133,9 @@ def run(args: argparse.Namespace) -> int:
                 device=args.device,
                 progress=lambda name, tokens: bar.advance(tasks[name], tokens),
                 telemetry=telemetry,
+                exits=_exits_by_candidate(args.exits, [name for name, _ in candidates]),
             )
-    except (ModelRefError, ModelLoadError, EvaluationError) as error:
+    except (ModelRefError, ModelLoadError, EvaluationError, ValueError) as error:
         raise UserError(str(error)) from None
     finally:
         telemetry.close()
