@@ -99,3 +99,11 @@ def test_worker_settings_validate_exit_flags():
         ServerSettings.from_sources({"model": "m"}, {"HELIOS_EXIT_GATE": "magic"})
     with pytest.raises(SettingsError, match="HELIOS_EXIT_HISTOGRAM"):
         ServerSettings.from_sources({"model": "m"}, {"HELIOS_EXIT_HISTOGRAM": "1,a"})
+
+
+def test_a_trained_gate_makes_only_the_rows_it_passes_pay_the_head():
+    histogram = [0, 0, 30, 0, 0, 0, 0, 70]
+    dear_head = StepCosts(head=3.0)
+    assert choose_exit_layers(histogram, 8, dear_head) == ()  # every row reaching 3 would pay it
+    assert choose_exit_layers(histogram, 8, dear_head, gate_pass={3: 0.32}) == (3,)  # a tight gate
+    assert choose_exit_layers(histogram, 8, dear_head, gate_pass={3: 1.0}) == ()  # a gate passing all is none

@@ -104,6 +104,7 @@ class Engine:
         # Calibrated exits (helios calibrate): their translators feed the head, their gate decides.
         self.exits = exits
         self.gate = gate or exits or make_gate(self.config.exit_gate, self.config.gate_threshold)
+        self._gate_pass = None if exits is None else {r.layer: r.gate_pass_rate for r in exits.manifest.per_layer}
         self.family = loaded.family
         self.model = loaded.model
         model_config = loaded.config
@@ -176,7 +177,7 @@ class Engine:
             return ()
         costs = self.loaded.step_costs(context_tokens)
         return choose_exit_layers(
-            histogram, last, costs, rows, config.max_exits, config.min_exit_layer, gated=self.exits is not None
+            histogram, last, costs, rows, config.max_exits, config.min_exit_layer, gate_pass=self._gate_pass
         )
 
     def add_request(

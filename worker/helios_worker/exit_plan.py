@@ -15,7 +15,7 @@ policy can use the same choice.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,13 +109,13 @@ def expected_cost(
     exits: Sequence[int],
     costs: StepCosts,
     rows: int = 1,
-    gated: bool = False,
+    gate_pass: Mapping[int, float] | None = None,
 ) -> float:
     """Expected work per token of a decode step over ``rows`` independent rows (see ``StepCosts``).
 
-    ``gated``: a trained gate sends to the head about the rows that leave (calibrated to keep
-    90% of them, at a precision near 1), so at an intermediate test only those are counted
-    (its weights are read when at least one leaves).
+    ``gate_pass``: with a trained gate, the share of tokens it sends to the head at each layer
+    (measured at calibration); only those rows pay the head at an intermediate test, and its
+    weights are read when at least one of them does.
     """
     shares = exit_distribution(histogram, num_layers, exits)
     work, left = 0.0, 0.0  # left: P(a row has exited before the current layer)
@@ -123,8 +123,8 @@ def expected_cost(
         alive = 1.0 - left
         anyone_alive = 1.0 - left**rows
         work += anyone_alive + rows * alive * costs.row
-        if layer in shares and gated and layer < num_layers:
-            share = shares[layer]
+        if layer in shares and gate_pass is not None and layer < num_layers:
+            share = min(alive, gate_pass.get(layer, 0.0))
             work += costs.head * (1.0 - (1.0 - share) ** rows) + rows * share * costs.head_row
         elif layer in shares:
             work += costs.head * anyone_alive + rows * alive * costs.head_row
@@ -141,7 +141,7 @@ def choose_exit_layers(
     rows: int = 1,
     max_exits: int = DEFAULT_MAX_EXITS,
     min_exit_layer: int = 1,
-    gated: bool = False,
+    gate_pass: Mapping[int, float] | None = None,
 ) -> tuple[int, ...]:
     """Up to ``max_exits`` layers in [min_exit_layer, num_layers) that lower ``expected_cost`` the most.
 
@@ -151,11 +151,13 @@ def choose_exit_layers(
     if num_layers < 1 or max_exits < 0 or rows < 1 or costs.head < 0:
         raise ValueError("num_layers >= 1, rows >= 1, max_exits >= 0 and a head cost >= 0 are required")
     chosen: list[int] = []
-    cost = expected_cost(histogram, num_layers, chosen, costs, rows, gated)
+    cost = expected_cost(histogram, num_layers, chosen, costs, rows, gate_pass)
     candidates = [layer for layer in range(max(1, min_exit_layer), min(num_layers, len(histogram) + 1))]
+    if gate_pass is not None:  # a trained gate lets tokens exit only where it was calibrated
+        candidates = [layer for layer in candidates if layer in gate_pass]
     while len(chosen) < max_exits:
         trials = [
-            (expected_cost(histogram, num_layers, [*chosen, c], costs, rows, gated), c)
+            (expected_cost(histogram, num_layers, [*chosen, c], costs, rows, gate_pass), c)
             for c in candidates
             if c not in chosen
         ]
