@@ -73,6 +73,11 @@ def make_report(
     return EvaluationReport(**fields)
 
 
+# A breach budget that never binds (as many breaches per window as tokens): for tests about
+# something else than select's breach budget.
+NO_BREACH_BUDGET = {"maxBreaches": 100, "targetBreachFraction": 1.0}
+
+
 def make_spec(**sections: Any) -> HeliosDeploymentSpec:
     """A spec with one candidate per name in ``candidates`` (default alpha, beta) and overrides.
 

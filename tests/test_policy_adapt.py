@@ -27,7 +27,7 @@ from helios_operator.policy import (
 from helios_operator.policy.window import BreachEntry, BreachWindow, ShadowEntry, ShadowWindow
 from helios_operator.reports import EvaluationReport
 from helios_operator.spec import HeliosDeploymentSpec
-from tests.report_factory import MB, make_report, make_spec
+from tests.report_factory import MB, NO_BREACH_BUDGET, make_report, make_spec
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CHANGES = {"select", "add_layers", "drop_layers", "switch_model"}
@@ -407,7 +407,7 @@ def test_a_storm_outranks_a_due_reassessment() -> None:
 
 
 def test_reselect_keeps_the_current_setting_within_the_improvement_margin() -> None:
-    spec = make_spec()
+    spec = make_spec(monitoring=NO_BREACH_BUDGET)
     state = serving(3, [alpha(), beta()], spec)
     decision = reselect(state, [alpha(), beta(tokens_per_second=103.0)], spec, LATER)
     assert decision.kind == "hold" and (decision.model, decision.layers) == ("alpha", 3)
@@ -415,7 +415,7 @@ def test_reselect_keeps_the_current_setting_within_the_improvement_margin() -> N
 
 
 def test_reselect_switches_when_another_candidate_is_clearly_better() -> None:
-    spec = make_spec()
+    spec = make_spec(monitoring=NO_BREACH_BUDGET)
     state = serving(3, [alpha(), beta()], spec)
     decision = reselect(state, [alpha(), beta(tokens_per_second=150.0)], spec, LATER)
     assert decision.kind == "switch_model" and (decision.model, decision.layers) == ("beta", 3)
@@ -435,7 +435,7 @@ def test_reselect_adds_layers_when_the_current_count_lost_accuracy() -> None:
 
 
 def test_initial_state_from_select() -> None:
-    spec = make_spec()
+    spec = make_spec(monitoring=NO_BREACH_BUDGET)
     reports = [alpha(), beta(tokens_per_second=300.0)]
     decision = select(reports, spec, None, T0)
     state = initial_state(decision, reports, spec, None, T0)
@@ -443,3 +443,43 @@ def test_initial_state_from_select() -> None:
     assert state.breaches.capacity == 100 and state.shadow.capacity == 200
     with pytest.raises(ValueError, match="gamma"):
         initial_state(Decision(kind="select", model="gamma", layers=1, reason="t"), reports, spec, None, T0)
+
+
+# --- selection inside the breach budget (select and adapt share one band) ----------------
+
+
+def _traffic_like_the_evaluation(state: AdaptState, tokens: int = 100) -> dict[str, Any]:
+    """A scrape whose exits and breaches are the evaluation's own, at the served depth."""
+    histogram = list(state.report.exit_layer_histogram)
+    layers = state.layers
+    truncated = [*histogram[: layers - 1], sum(histogram[layers - 1 :])]
+    total = sum(truncated)
+    counts = [round(tokens * c / total) for c in truncated]
+    counts[-1] += tokens - sum(counts)
+    breaches = round(tokens * state.report.breach_rate_by_layer[layers - 1])
+    return {"tokens": tokens, "breaches": breaches, "histogram": counts}
+
+
+@pytest.mark.parametrize("objective", ["throughput", "latency", "energy"])
+@pytest.mark.parametrize("max_breaches", [10, 30, 50])
+def test_select_then_adapt_on_the_same_data_is_a_fixed_point(objective, max_breaches) -> None:
+    spec = make_spec(candidates=["alpha"], objective=objective, monitoring={"maxBreaches": max_breaches})
+    reports = [alpha()]
+    decision = select(reports, spec, None, T0)
+    assert decision.breach_rate * 100 <= 0.5 * max_breaches  # inside the band adapt settles into
+    state = initial_state(decision, reports, spec, None, T0)
+    for minute in range(5, 10):  # a full window and more of traffic that looks like the evaluation
+        outcome = observe(state, spec, T0 + timedelta(minutes=minute), **_traffic_like_the_evaluation(state))
+        assert outcome is None or outcome.kind not in CHANGES, outcome
+        state = record(state, scrape(state, T0 + timedelta(minutes=minute), **_traffic_like_the_evaluation(state)))
+
+
+def test_select_says_so_when_no_option_stays_inside_the_breach_budget() -> None:
+    # 400 MB holds at most 3 layers, and at 3 layers most tokens still reach L unconfident
+    report = alpha(bytes_per_layer=100 * MB, bytes_shared=50 * MB, exit_histogram=(5, 5, 5, 0, 0, 0, 0, 85))
+    spec = make_spec(candidates=["alpha"], accuracy={"minAgreement": 0.9})
+    decision = select([report], spec, 400 * MB, T0)
+    assert decision.layers == 3  # the fewest breaches of what fits
+    assert "no option keeps predicted breaches within 25 per 100 tokens" in decision.reason
+    everything_fits = select([report], spec, None, T0)
+    assert everything_fits.layers == 8 and "no option keeps" not in everything_fits.reason

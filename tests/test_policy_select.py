@@ -15,7 +15,7 @@ from helios_operator.policy import (
     weight_bytes,
 )
 from helios_operator.policy.predict import head_cost_layers
-from tests.report_factory import MB, make_report, make_spec, ramp
+from tests.report_factory import MB, NO_BREACH_BUDGET, make_report, make_spec, ramp
 
 GiB = 2**30
 
@@ -114,8 +114,8 @@ def test_accuracy_floor_is_respected_even_when_fewer_layers_are_faster() -> None
 
 def test_lower_floor_allows_fewer_layers() -> None:
     report = make_report(greedy_agreement=[0.90, 0.95, 0.97, 0.981, 0.99, 0.995, 0.999, 1.0])
-    decision = select([report], make_spec(candidates=["alpha"], accuracy={"minAgreement": 0.95}), None)
-    assert decision.layers == 2
+    spec = make_spec(candidates=["alpha"], accuracy={"minAgreement": 0.95}, monitoring=NO_BREACH_BUDGET)
+    assert select([report], spec, None).layers == 2
 
 
 def test_throughput_picks_the_fastest_candidate() -> None:
@@ -202,7 +202,7 @@ def test_options_that_do_not_fit_the_budget_are_skipped() -> None:
     # 400 MB: weights of 3 layers (350 MB) + 3 * 2048 * 1000 B KV fit; 4 layers (450 MB) do not.
     feasible = options([report], make_spec(), 400 * MB)
     assert [p.layers for p in feasible] == [1, 2, 3]
-    decision = select([report], make_spec(objective="batchSize"), 400 * MB)
+    decision = select([report], make_spec(objective="batchSize", monitoring=NO_BREACH_BUDGET), 400 * MB)
     assert decision.layers == 1
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from helios_operator.policy.decision import Decision
 from helios_operator.policy.predict import Prediction, predict
-from helios_operator.policy.select import best_option, describe, options
+from helios_operator.policy.select import best_option, breach_budget, describe, options
 from helios_operator.policy.state import AdaptState
 from helios_operator.spec import HeliosDeploymentSpec
 
@@ -57,7 +57,7 @@ def breaches_per_window(prediction: Prediction, fix: Corrections, spec: HeliosDe
 
 
 def breach_target(spec: HeliosDeploymentSpec) -> float:
-    return spec.monitoring.target_breach_fraction * spec.monitoring.max_breaches
+    return breach_budget(spec)  # the band select stays in too
 
 
 def settles(prediction: Prediction, fix: Corrections, spec: HeliosDeploymentSpec) -> bool:

@@ -116,6 +116,7 @@ def select(
     predictions = options(reports, spec, budget)
     if not predictions:
         raise NoFeasibleOption(_no_fit_message(reports, spec, budget))
+    predictions, budget_note = within_breach_budget(predictions, spec)
     floor = spec.accuracy.min_agreement
     accurate = [p for p in predictions if p.agreement >= floor]
     if accurate:
@@ -136,4 +137,31 @@ def select(
         )
     if spec.objective == "energy" and uses_energy_proxy(ranked):
         reason += "; energy not measured (no GPU), time per token used in its place"
-    return Decision.from_prediction("select", chosen, reason, now)
+    return Decision.from_prediction("select", chosen, reason + budget_note, now)
+
+
+def breach_budget(spec: HeliosDeploymentSpec) -> float:
+    """Breaches per window an option may be predicted to cause: ``targetBreachFraction`` x ``maxBreaches``,
+    the margin under the storm limit that ``adapt``'s remedies also settle into (one hysteresis band)."""
+    return spec.monitoring.target_breach_fraction * spec.monitoring.max_breaches
+
+
+def predicted_breaches(prediction: Prediction, spec: HeliosDeploymentSpec) -> float:
+    return prediction.breach_rate * spec.monitoring.breach_window_tokens
+
+
+def within_breach_budget(predictions: Sequence[Prediction], spec: HeliosDeploymentSpec) -> tuple[list[Prediction], str]:
+    """The options predicted to stay inside the breach budget, or, if none is, those with the fewest
+    breaches; and what to add to the reason. Selecting an option the monitor would call a storm at
+    once would only trade a decision for a remedy a minute later."""
+    limit = breach_budget(spec)
+    inside = [p for p in predictions if predicted_breaches(p, spec) <= limit]
+    window = spec.monitoring.breach_window_tokens
+    if inside:
+        return inside, ""
+    fewest = min(predicted_breaches(p, spec) for p in predictions)
+    note = (
+        f"; no option keeps predicted breaches within {limit:g} per {window} tokens "
+        f"(storm limit {spec.monitoring.max_breaches}): chose among those with the fewest ({fewest:.1f})"
+    )
+    return [p for p in predictions if predicted_breaches(p, spec) == fewest], note
