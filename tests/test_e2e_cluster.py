@@ -63,7 +63,10 @@ spec:
     interval: 1s
     cooldown: 0s
     breachWindowTokens: 20
-    maxBreaches: 5
+    # select stays inside targetBreachFraction x maxBreaches: 8 per 20 tokens lets it choose
+    # fewer layers on the counting prompts, which out-of-domain prose then storms
+    maxBreaches: 8
+    targetBreachFraction: 1.0
   worker:
     env:
       - name: HELIOS_TORCH_THREADS

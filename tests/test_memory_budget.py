@@ -285,6 +285,7 @@ def test_objective_batch_size_yields_a_worker_that_holds_the_predicted_batch(tin
             "candidates": [{"name": "a", "model": path}],
             "objective": "batchSize",
             "accuracy": {"minAgreement": 0.0},
+            "monitoring": {"maxBreaches": 100, "targetBreachFraction": 1.0},  # random weights: breaches everywhere
             "contextTokens": SEQ_LEN,
             "memoryBudget": str(budget_for(load_model(path), 4, 3, max_batch_size=MAX_NUM_SEQS)),
         }
