@@ -34,6 +34,7 @@ from helios_operator.reports import EvaluationReport
 from helios_worker.gpu import GpuTelemetry
 from helios_worker.memory_model import MemoryPlan
 from helios_worker.stats import RequestOutput, StepStats
+from helios_worker.vllm_metrics import VllmMetrics
 
 if TYPE_CHECKING:
     from helios_worker.loading import LoadedModel
@@ -180,8 +181,11 @@ class WorkerMetrics:
         revision: str | None = None,
         architecture: str = "unknown",
         telemetry: GpuTelemetry | None = None,
+        vllm: bool = False,
     ) -> None:
         self._lock = threading.Lock()
+        # vLLM's names beside ours, for the autoscalers and gateways that read them (vllm_metrics.py)
+        self.vllm = VllmMetrics(registry, model_name) if vllm else None
         self._tokens_seen: dict[str, int] = {}  # request id -> tokens already counted
         self.model = model_name
         self.num_layers_total = num_layers_total
@@ -288,7 +292,11 @@ class WorkerMetrics:
 
     @classmethod
     def for_model(
-        cls, registry: CollectorRegistry, loaded: LoadedModel, telemetry: GpuTelemetry | None = None
+        cls,
+        registry: CollectorRegistry,
+        loaded: LoadedModel,
+        telemetry: GpuTelemetry | None = None,
+        vllm: bool = False,
     ) -> WorkerMetrics:
         metrics = cls(
             registry,
@@ -297,6 +305,7 @@ class WorkerMetrics:
             revision=loaded.ref.revision,
             architecture=loaded.architecture,
             telemetry=telemetry,
+            vllm=vllm,
         )
         metrics.set_layers(loaded.num_layers_loaded, loaded.num_layers_total)
         return metrics
@@ -313,6 +322,8 @@ class WorkerMetrics:
                 for gauge in self._state_gauges:
                     gauge.remove(self.model)
             self.model = model_name
+            if self.vllm is not None:
+                self.vllm.set_model(model_name)
             self.num_layers_total = num_layers_total
             self._info_labels = (model_name, revision or "", architecture)
             self.model_info.labels(*self._info_labels).set(1)
@@ -386,12 +397,16 @@ class WorkerMetrics:
         self.waiting.labels(model).set(stats.num_waiting)
         self.kv_cache_usage.labels(model).set(stats.kv_cache_usage)
         self.batch_size.labels(model).set(stats.num_prefills + stats.num_decodes)
+        if self.vllm is not None:
+            self.vllm.on_step(outputs, stats)
 
     def on_request_done(self, output: RequestOutput, status: str) -> None:
         """When a request ends for any reason; latencies only from requests that produced tokens."""
         model = self.model
         with self._lock:
             self._tokens_seen.pop(output.request_id, None)
+        if self.vllm is not None:
+            self.vllm.on_request_done(output)
         self.requests.labels(model, status).inc()
         if output.first_token_time is None:
             return

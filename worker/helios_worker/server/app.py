@@ -59,7 +59,7 @@ def create_app(
     elif evaluation is not None:
         raise ValueError("an evaluation service needs settings.mode == 'evaluate'")
     else:
-        worker.runner_hooks.append(serving_metrics_hook(registry, worker.use_metrics))
+        worker.runner_hooks.append(serving_metrics_hook(registry, worker.use_metrics, vllm=settings.vllm_metrics))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

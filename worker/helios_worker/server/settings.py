@@ -80,6 +80,9 @@ class ServerSettings(BaseModel):
     host: str = Field(default="0.0.0.0", min_length=1, description="address to listen on")
     port: int = Field(default=8000, ge=0, le=65535, description="port to listen on (0: any free port)")
     api_key: str | None = Field(default=None, description="if set, /v1/* need 'Authorization: Bearer KEY'")
+    vllm_metrics: bool = Field(
+        default=True, description="also export vLLM's metric names (vllm:*, label model_name) for autoscalers"
+    )
     record_prompts: int = Field(default=0, ge=0, le=100_000, description="keep the last N prompt texts (0: off)")
     shadow_fraction: float = Field(
         default=0.0, ge=0.0, le=1.0, description="share of finished greedy requests kept for the shadow check (0: off)"

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 
 def serving_metrics_hook(
-    registry: CollectorRegistry, on_metrics: Callable[[WorkerMetrics], None] | None = None
+    registry: CollectorRegistry, on_metrics: Callable[[WorkerMetrics], None] | None = None, vllm: bool = True
 ) -> RunnerHook:
     """A runner hook (``WorkerState.runner_hooks``) that wires the runner's callbacks to fresh metrics.
 
@@ -32,7 +32,7 @@ def serving_metrics_hook(
     """
 
     def attach(runner: EngineRunner) -> None:
-        metrics = WorkerMetrics.for_model(registry, runner.loaded)
+        metrics = WorkerMetrics.for_model(registry, runner.loaded, vllm=vllm)
         metrics.set_exit_threshold(runner.engine.config.exit_threshold)
         metrics.set_memory(runner.engine.memory_plan)
         runner.on_step = metrics.on_step
