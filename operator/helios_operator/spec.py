@@ -141,9 +141,10 @@ class Candidate(SpecModel):
     name: DnsLabel = Field(description="Short unique name (RFC 1123 label); used in reports, metrics, status.")
     model: str = Field(
         min_length=1,
-        pattern=r"^\S+$",
-        description="Model reference: a Hugging Face repo id (org/name), a built-in alias, or a path "
-        "inside the model volume.",
+        # a plain reference has no ':'; a URI is one of the supported schemes
+        pattern=r"^((hf|pvc|file)://\S+|[^:\s]+)$",
+        description="Model reference: a Hugging Face repo id (org/name or hf://org/name), a built-in alias, "
+        "a path inside the model volume, file:///path, or pvc://CLAIM/PATH (the claim is mounted read-only).",
     )
     revision: str | None = Field(default=None, description="Git revision (branch, tag or commit) of the model.")
 

@@ -3,7 +3,10 @@
 A reference is one of:
 - a built-in alias (``smollm2-135m``, ``helios-ee-tiny``),
 - a local directory holding ``config.json`` and ``*.safetensors``,
-- a hub id (``org/name``, optionally ``org/name@revision``) already in the local HF cache.
+- a hub id (``org/name``, optionally ``org/name@revision``) already in the local HF cache,
+- a URI as KServe and KubeAI users write them: ``hf://org/name[@revision]`` (the same hub id),
+  ``file:///abs/path`` (a local directory), ``pvc://claim/path`` (``path`` inside the
+  PersistentVolumeClaim ``claim``, which the operator mounts at ``PVC_ROOT/claim``).
 Nothing is downloaded at run time: serving pods get weights from a volume or the HF cache.
 """
 
@@ -15,6 +18,39 @@ import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+
+SUPPORTED_SCHEMES = ("hf://", "pvc://", "file://")
+PVC_ROOT = "/mnt/pvc"  # where the operator mounts the claims that pvc:// references name
+
+
+def pvc_root() -> Path:
+    return Path(os.environ.get("HELIOS_PVC_ROOT", PVC_ROOT))
+
+
+def split_pvc(ref: str) -> tuple[str, str]:
+    """``pvc://claim/path`` -> (claim, path); ModelRefError if either is missing."""
+    claim, _, path = ref.removeprefix("pvc://").partition("/")
+    if not claim or not path.strip("/"):
+        raise ModelRefError(f"model {ref!r}: a PVC reference is pvc://CLAIM/PATH")
+    return claim, path.strip("/")
+
+
+def from_uri(ref: str) -> str:
+    """A URI reference as the plain reference it stands for (a hub id or a local path)."""
+    if ref.startswith("hf://"):
+        return ref.removeprefix("hf://")
+    if ref.startswith("file://"):
+        return ref.removeprefix("file://") or "/"
+    if ref.startswith("pvc://"):
+        claim, path = split_pvc(ref)
+        return str(pvc_root() / claim / path)
+    if "://" in ref:
+        scheme = ref.split("://", 1)[0]
+        raise ModelRefError(
+            f"model {ref!r}: the {scheme}:// scheme is not supported; use {', '.join(SUPPORTED_SCHEMES)}, a "
+            "built-in alias, a local directory or a hub id (weights are never downloaded at run time)"
+        )
+    return ref
 
 
 class ModelRefError(ValueError):
@@ -110,6 +146,10 @@ def resolve(ref: str) -> ResolvedRef:
     ref = ref.strip()
     if not ref:
         raise ModelRefError("empty model reference")
+    original, ref = ref, from_uri(ref)
+    if original != ref:
+        resolved = resolve(ref)
+        return ResolvedRef(ref=original, path=resolved.path, revision=resolved.revision)
     if ref in ALIASES:
         return ResolvedRef(ref=ref, path=ALIASES[ref]())
     path = Path(ref).expanduser()

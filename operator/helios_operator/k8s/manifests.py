@@ -17,6 +17,7 @@ from helios_operator.heliosstatus import HELIOS_STATUS_KIND, HeliosStatusReport
 from helios_operator.reports import EvaluationReport
 from helios_operator.spec import API_VERSION, Candidate, HeliosDeploymentSpec
 from helios_worker.memory_model import MAX_NUM_SEQS
+from helios_worker.model_refs import PVC_ROOT, split_pvc
 
 Manifest = dict[str, Any]
 
@@ -141,6 +142,17 @@ def _resources(spec: HeliosDeploymentSpec) -> Manifest:
     }
 
 
+def model_claims(spec: HeliosDeploymentSpec) -> list[str]:
+    """PersistentVolumeClaims that candidates name as ``pvc://CLAIM/PATH``, in order of first use."""
+    claims: list[str] = []
+    for candidate in spec.candidates:
+        if candidate.model.startswith("pvc://"):
+            claim, _ = split_pvc(candidate.model)
+            if claim not in claims:
+                claims.append(claim)
+    return claims
+
+
 def _volumes(spec: HeliosDeploymentSpec) -> list[Manifest]:
     volume = spec.worker.model_volume
     if volume.claim_name is not None:
@@ -148,7 +160,19 @@ def _volumes(spec: HeliosDeploymentSpec) -> list[Manifest]:
     else:
         empty: Manifest = {} if volume.cache_size_limit is None else {"sizeLimit": str(volume.cache_size_limit)}
         models = {"name": "models", "emptyDir": empty}
-    return [models, {"name": "tmp", "emptyDir": {}}]
+    claims = [
+        {"name": f"pvc-{number}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        for number, claim in enumerate(model_claims(spec))
+    ]
+    return [models, {"name": "tmp", "emptyDir": {}}, *claims]
+
+
+def _claim_mounts(spec: HeliosDeploymentSpec) -> list[Manifest]:
+    """Each pvc:// claim at PVC_ROOT/CLAIM, where the worker resolves pvc://CLAIM/PATH."""
+    return [
+        {"name": f"pvc-{number}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
+        for number, claim in enumerate(model_claims(spec))
+    ]
 
 
 def _probe(path: str, period: int, failures: int) -> Manifest:
@@ -170,6 +194,7 @@ def worker_pod_spec(spec: HeliosDeploymentSpec, image: str, env: list[Manifest],
         "volumeMounts": [
             {"name": "models", "mountPath": MODEL_MOUNT, "readOnly": spec.worker.model_volume.claim_name is not None},
             {"name": "tmp", "mountPath": "/tmp"},
+            *_claim_mounts(spec),
         ],
         "securityContext": {
             "allowPrivilegeEscalation": False,
