@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 
 import torch
 
-from helios_worker.batch import prepare_prefill
 from helios_worker.exit_sidecar import (
     CalibratedExits,
     ExitManifest,
@@ -30,6 +29,7 @@ from helios_worker.exit_sidecar import (
 )
 from helios_worker.kv_cache import SlotKVCache
 from helios_worker.loading import LoadedModel
+from helios_worker.scoring import forward
 
 Pair = tuple[torch.Tensor, torch.Tensor]
 RIDGE = 1e-2  # ridge strength, relative to the mean feature variance
@@ -68,23 +68,20 @@ def collect_states(
     progress: Callable[[int], None] | None = None,
 ) -> States:
     """Run the model over ``token_ids`` in causal windows and keep the states after ``layers``."""
-    family, model, device = loaded.family, loaded.model, loaded.device
     wanted = set(layers)
     by_layer: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     finals, tops = [], []
     cache = SlotKVCache.for_model(loaded, num_slots=1, max_seq_len=window)
+
+    def keep(layer: int, states: torch.Tensor) -> None:
+        if layer in wanted:
+            by_layer[layer].append(states.float().cpu())
+
     for start in range(0, len(token_ids) - 1, window):
         chunk = list(token_ids[start : start + window])
-        ids = torch.tensor([chunk], device=device)
-        positions = torch.arange(len(chunk), device=device)[None]
-        hidden = family.embed(model, ids, positions)
-        batch = prepare_prefill([0], positions, hidden.dtype, lambda p, h=hidden: family.rotary(model, h, p))
-        for index, layer in enumerate(loaded.layers):
-            hidden = family.run_layer(layer, hidden, batch, cache)
-            if index + 1 in wanted:
-                by_layer[index + 1].append(hidden[0].float().cpu())
-        finals.append(hidden[0].float().cpu())
-        tops.append(family.exit_head(model, hidden[0]).argmax(-1).cpu())
+        final = forward(loaded, chunk, cache, on_layer=keep)
+        finals.append(final.float().cpu())
+        tops.append(loaded.family.exit_head(loaded.model, final).argmax(-1).cpu())
         if progress is not None:
             progress(len(chunk))
     return States({layer: torch.cat(chunks) for layer, chunks in by_layer.items()}, torch.cat(finals), torch.cat(tops))

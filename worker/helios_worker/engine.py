@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from helios_worker.batch import DecodeBatch, prepare_decode, prepare_prefill
-from helios_worker.exit_plan import DEFAULT_MAX_EXITS, ExitProfile, choose_exit_layers
+from helios_worker.exit_plan import DEFAULT_MAX_EXITS, EXIT_LAYER_MODES, ExitProfile, choose_exit_layers
 from helios_worker.exit_sidecar import CalibratedExits
 from helios_worker.gates import GATE_NAMES, ExitGate, make_gate
 from helios_worker.kv_cache import SlotKVCache
@@ -69,7 +69,7 @@ class EngineConfig:
         if not 0.0 < self.exit_threshold <= 1.0:
             raise ValueError("exit_threshold must be in (0, 1]")
         if isinstance(self.exit_layers, str):
-            if self.exit_layers not in ("all", "none", "auto"):
+            if self.exit_layers not in EXIT_LAYER_MODES:
                 raise ValueError(f"exit_layers must be all, none, auto or a tuple of layers, got {self.exit_layers!r}")
         elif any(layer < 1 for layer in self.exit_layers):
             raise ValueError("exit layers are 1-based")
@@ -166,14 +166,14 @@ class Engine:
             return mode
         if mode == "all":
             return range(config.min_exit_layer, last)
-        profile = config.exit_profile
-        if profile is None and self.exits is not None:
-            histogram = self.exits.manifest.exit_layer_histogram
-        elif mode == "none" or profile is None:
-            return ()
-        else:
-            histogram = profile.exit_layer_histogram
         if mode == "none":
+            return ()
+        # auto: the profile given, else the calibrated exits' own held-out histogram, else no exits
+        if config.exit_profile is not None:
+            histogram = config.exit_profile.exit_layer_histogram
+        elif self.exits is not None:
+            histogram = self.exits.manifest.exit_layer_histogram
+        else:
             return ()
         costs = self.loaded.step_costs(context_tokens)
         return choose_exit_layers(
@@ -441,17 +441,20 @@ class Engine:
         if self.config.probe_layers:
             return self._probe_test(seqs, running, after, layer)
         is_last = layer == self.active_layers
-        passed = None if is_last else self.gate.passes(layer, before[:, -1], after[:, -1])  # [rows] bool or None
+        states = after[:, -1]  # [rows, hidden]
+        if self.exits is not None:  # calibrated exits: gate and head both read the translated state
+            states = self.exits.translate(layer, states)
+            passed = None if is_last else self.exits.passes_translated(layer, states)
+        else:
+            passed = None if is_last else self.gate.passes(layer, before[:, -1], states)  # [rows] bool or None
         if passed is None:  # every row gets the head
             candidates = list(range(len(running)))
-            states = after[:, -1]
         else:
             candidates = passed.nonzero()[:, 0].tolist()
             if not candidates:
                 return []
-            states = after[:, -1] if len(candidates) == len(running) else after[passed, -1]
-        if self.exits is not None:  # the head reads the translated state
-            states = self.exits.translate(layer, states)
+            if len(candidates) < len(running):
+                states = states[passed]
         self._num_head_rows += len(candidates)
         logits = self.family.exit_head(self.model, states)  # [candidates, vocab]
         confidence, greedy = (t.tolist() for t in logits.float().softmax(-1).max(-1))
@@ -478,14 +481,13 @@ class Engine:
         if layer < self.active_layers:
             return []
         states, self._probe_states = torch.stack(self._probe_states), []  # [layers, rows, hidden]
-        raw = states
         if self.exits is not None:  # the head reads translated states, as when serving
             states = torch.stack([self.exits.translate(index + 1, state) for index, state in enumerate(states)])
         logits = self.family.exit_head(self.model, states)  # [layers, rows, vocab]
         self._num_head_rows += states.shape[0] * states.shape[1]
         confidence, top = logits.float().softmax(-1).max(-1)  # [layers, rows]
         if self.exits is not None:
-            confidence = self._calibrated_exit_indicators(raw, confidence)
+            confidence = self._calibrated_exit_indicators(states, confidence)
         for column, row in enumerate(running):
             seq = seqs[row]
             seq.probe = list(zip(confidence[:, column].tolist(), top[:, column].tolist(), strict=True))
@@ -494,7 +496,7 @@ class Engine:
             self._emit(seq, token, float(confidence[-1, column]), layer)
         return list(range(len(running)))
 
-    def _calibrated_exit_indicators(self, raw: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
+    def _calibrated_exit_indicators(self, states: torch.Tensor, confidence: torch.Tensor) -> torch.Tensor:
         """Probe mode with calibrated exits: 1.0 where a token would exit (gate and the layer's own
         confidence threshold), else 0.0; the last layer keeps its confidence. Any exit threshold in
         (0, 1] then reads these as the calibrated exit rule (``evaluation.summarize``)."""
@@ -502,7 +504,7 @@ class Engine:
         for index in range(confidence.shape[0] - 1):
             layer = index + 1
             if self.exits.has(layer):
-                passed = self.exits.passes(layer, raw[index], raw[index])
+                passed = self.exits.passes_translated(layer, states[index])
                 threshold = self.exits.confidence_threshold(layer, self.config.exit_threshold)
                 indicators[index] = (passed & (confidence[index] >= threshold)).float()
         indicators[-1] = confidence[-1]

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 PROFILE_FILE = "helios_exit_profile.json"  # looked for in the model directory
 DEFAULT_MAX_EXITS = 4
+EXIT_LAYER_MODES = ("auto", "none", "all")
 # An exit must save at least this share of a step's predicted work: the model leaves out the
 # bookkeeping of rows leaving (index selects, state copies), which costs a few per cent.
 MIN_SAVING = 0.05
@@ -229,7 +230,7 @@ def describe_exits(mode: str | tuple[int, ...], profile: ExitProfile | None, sou
 def parse_exit_layers(text: str) -> str | tuple[int, ...]:
     """``auto`` | ``none`` | ``all`` | a comma-separated list of 1-based layers."""
     value = text.strip().lower()
-    if value in ("auto", "none", "all"):
+    if value in EXIT_LAYER_MODES:
         return value
     try:
         layers = tuple(sorted({int(part) for part in value.split(",") if part.strip()}))

@@ -137,9 +137,13 @@ class CalibratedExits:
 
     # the ExitGate interface (helios_worker.gates)
     def passes(self, layer: int, before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+        return self.passes_translated(layer, self.translate(layer, after))
+
+    def passes_translated(self, layer: int, translated: torch.Tensor) -> torch.Tensor:
+        """The gate on states already translated (the engine translates once for gate and head)."""
         if not self.has(layer):
-            return torch.zeros(after.shape[0], dtype=torch.bool, device=after.device)
-        return self.exit_probability(layer, self.translate(layer, after)) >= self.thresholds[layer]
+            return torch.zeros(translated.shape[0], dtype=torch.bool, device=translated.device)
+        return self.exit_probability(layer, translated) >= self.thresholds[layer]
 
     # --- files ----------------------------------------------------------------------------
     def save(self, directory: Path) -> None:

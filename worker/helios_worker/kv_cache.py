@@ -42,12 +42,9 @@ class SlotKVCache:
     @classmethod
     def for_model(cls, loaded, num_slots: int, max_seq_len: int, num_layers: int | None = None) -> SlotKVCache:
         """A cache shaped for ``loaded`` (a ``LoadedModel``): its KV heads, head size, dtype and device."""
-        config = loaded.config
-        heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        num_kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        shape = loaded.shape
         layers = loaded.num_layers_loaded if num_layers is None else num_layers
-        return cls(layers, num_slots, num_kv_heads, head_dim, max_seq_len, loaded.dtype, loaded.device)
+        return cls(layers, num_slots, shape.num_kv_heads, shape.head_dim, max_seq_len, loaded.dtype, loaded.device)
 
     @property
     def num_layers(self) -> int:

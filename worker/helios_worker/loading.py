@@ -9,6 +9,7 @@ or shrinks the stack in place the same way (the paper's "load more layers" witho
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -119,9 +120,10 @@ class LoadedModel:
         """Checkpoint bytes outside decoder layers (embeddings, final norm, head)."""
         return self.checkpoint.total_bytes - sum(self.layer_bytes)
 
-    @property
+    @functools.cached_property
     def shape(self) -> ModelShape:
-        """The sizes the memory model needs, from the config and the live parameters."""
+        """The sizes the memory model, the KV cache and the exit plan need, from the config and the live
+        parameters (the same whatever the number of layers loaded: computed once)."""
         config = self.config
         heads = config.num_attention_heads
         in_layers = {id(p) for layer in self.layers for p in layer.parameters()}
@@ -146,17 +148,14 @@ class LoadedModel:
 
         Everything is read in the loaded dtype, so element ratios are byte ratios.
         """
-        config = self.config
-        head = self.model.get_output_embeddings().weight.numel()
-        layer = sum(p.numel() for p in self.layers[0].parameters())
-        heads = config.num_attention_heads
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-        kv_width = 2 * (getattr(config, "num_key_value_heads", None) or heads) * head_dim  # K and V per token
+        shape = self.shape
+        layer = shape.params_per_layer
+        kv_width = 2 * shape.num_kv_heads * shape.head_dim  # K and V per token
         return StepCosts(
-            head=head / layer,
-            head_row=config.vocab_size / layer,
+            head=self.model.get_output_embeddings().weight.numel() / layer,
+            head_row=shape.vocab_size / layer,
             row=kv_width * context_tokens / layer,
-            fill=kv_width * config.hidden_size / layer,
+            fill=kv_width * shape.hidden_size / layer,
         )
 
     def weight_bytes(self, num_layers: int | None = None) -> int:
