@@ -45,10 +45,10 @@ def run_one(args) -> dict:
     """One worker configuration in this process (the parent starts one process per configuration)."""
     import torch
 
+    from helios_contracts.memory_model import MAX_NUM_SEQS
     from helios_worker.engine import Engine, EngineConfig
     from helios_worker.exit_plan import find_profile
     from helios_worker.loading import load_model
-    from helios_worker.memory_model import MAX_NUM_SEQS
     from helios_worker.sampling import SamplingParams
 
     if args.threads:
@@ -105,8 +105,8 @@ def budget_for(args) -> tuple[int, int]:
     """(budget, N): all N layers hold exactly ``--sequences`` sequences of ``--context`` tokens."""
     import torch
 
+    from helios_contracts.memory_model import MAX_NUM_SEQS, plan_memory
     from helios_worker.loading import load_model
-    from helios_worker.memory_model import MAX_NUM_SEQS, plan_memory
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
     loaded = load_model(args.model, 1, device=args.device, dtype=dtype)

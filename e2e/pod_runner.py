@@ -138,10 +138,10 @@ def container_env(pod: Mapping[str, Any], workdir: Path) -> dict[str, str]:
 
 
 def serve_command(pod: Mapping[str, Any]) -> list[str]:
-    """The container command, with ``helios`` run by this Python (the image's entry point)."""
-    command = list(pod["spec"]["containers"][0].get("command") or ["helios", "serve"])
-    if command[0] == "helios":
-        command = [sys.executable, "-m", "helios_operator.cli", *command[1:]]
+    """The container command, with the image's entry point (``helios-worker``) run by this Python."""
+    command = list(pod["spec"]["containers"][0].get("command") or ["helios-worker", "serve"])
+    if command[0] == "helios-worker":
+        command = [sys.executable, "-m", "helios_worker.cli", *command[1:]]
     return command
 
 

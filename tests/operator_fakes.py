@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp.web
 
-from helios_operator.reports import EvaluationReport
+from helios_contracts.reports import EvaluationReport
 
 
 @dataclass

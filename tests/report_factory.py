@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from helios_operator.reports import EvaluationReport
+from helios_contracts.reports import EvaluationReport
 from helios_operator.spec import HeliosDeploymentSpec
 
 MB = 1_000_000

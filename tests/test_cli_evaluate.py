@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from helios_contracts.reports import EvaluationReport
 from helios_operator import cli
-from helios_operator.reports import EvaluationReport
 
 PROMPTS = ["the quick brown fox", "def add(a, b):"]
 

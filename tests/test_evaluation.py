@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import helios_worker
-from helios_operator.reports import EvaluationReport
+from helios_contracts.reports import EvaluationReport
 from helios_worker.evaluation import (
     NUM_PASSES,
     EvaluationError,

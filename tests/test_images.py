@@ -160,9 +160,10 @@ def test_operator_image_has_no_torch_and_no_worker_deps() -> None:
 def test_images_run_helios_as_a_numeric_non_root_user(image: Image) -> None:
     uid = image.user.split(":")[0]
     assert uid.isdigit() and int(uid) != 0, f"USER {image.user!r}: Kubernetes' runAsNonRoot needs a numeric uid"
-    assert image.entrypoint == ["helios"]
-    assert "helios" in PYPROJECT["project"]["scripts"]
-    assert {"pyproject.toml", "README.md", "worker", "operator"} <= set(image.copied)  # what `pip install .` reads
+    assert image.entrypoint[0] in PYPROJECT["project"]["scripts"]
+    assert {"pyproject.toml", "README.md", "contracts", "worker"} <= set(image.copied)  # what `pip install .` reads
+    assert WORKER.entrypoint == ["helios-worker"]
+    assert OPERATOR.entrypoint == ["helios"] and "operator" in OPERATOR.copied
     assert WORKER.cmd == ["serve"]
     assert OPERATOR.cmd[0] == "operator"
 
@@ -187,9 +188,9 @@ class Absent(importlib.abc.MetaPathFinder):
         if name.partition(".")[0] in blocked:
             raise ModuleNotFoundError(f"No module named {name!r} (not in this image)")
 sys.meta_path.insert(0, Absent())
-from helios_operator.cli import build_parser
-args = build_parser().parse_args(sys.argv[3:])
-for module in sys.argv[2].split(","):
+cli, *modules = sys.argv[2].split(",")
+args = __import__(cli, fromlist=["build_parser"]).build_parser().parse_args(sys.argv[3:])
+for module in modules:
     __import__(module)
 print("ok")
 """
@@ -206,13 +207,18 @@ def _modules_of(distributions: set[str]) -> set[str]:
 @pytest.mark.parametrize(
     ("image", "modules", "argv"),
     [
-        (WORKER, ["helios_worker.commands.serve", "helios_worker.server.app"], ["serve"]),
-        (OPERATOR, ["helios_operator.commands.operator", "helios_operator.k8s.handlers"], ["operator", "--standalone"]),
+        (WORKER, ["helios_worker.cli", "helios_worker.commands.serve", "helios_worker.server.app"], ["serve"]),
+        (
+            OPERATOR,
+            ["helios_operator.cli", "helios_operator.commands.operator", "helios_operator.k8s.handlers"],
+            ["operator", "--standalone"],
+        ),
     ],
     ids=["worker", "operator"],
 )
 def test_image_command_imports_without_the_other_images_packages(image: Image, modules, argv) -> None:
     absent = _modules_of(declared({"worker", "operator"}).keys() - installed(image).keys())
+    absent |= {f"helios_{source}" for source in ("contracts", "worker", "operator") if source not in image.copied}
     assert absent, "nothing to leave out"
     result = subprocess.run(
         [sys.executable, "-c", _BLOCKING_RUNNER, ",".join(sorted(absent)), ",".join(modules), *argv],
@@ -222,3 +228,22 @@ def test_image_command_imports_without_the_other_images_packages(image: Image, m
         cwd=ROOT,
     )
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
+
+
+def test_every_worker_module_imports_without_the_operator_package() -> None:
+    """The worker image copies no operator code: no module of helios_worker may need it."""
+    assert "operator" not in WORKER.copied
+    walk = (
+        "import pkgutil, helios_worker; "
+        "names = [m.name for m in pkgutil.walk_packages(helios_worker.__path__, 'helios_worker.')]; "
+        "[__import__(name) for name in names]; print(len(names))"
+    )
+    runner = _BLOCKING_RUNNER.split("cli, *modules")[0] + walk
+    result = subprocess.run(
+        [sys.executable, "-c", runner, "helios_operator,kopf,kubernetes"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0 and int(result.stdout.strip()) > 30, result.stderr[-2000:]

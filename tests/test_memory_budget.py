@@ -7,14 +7,7 @@ import httpx
 import pytest
 import torch
 
-from helios_operator.k8s import manifests
-from helios_operator.policy.memory import max_batch_size, weight_bytes
-from helios_operator.spec import HeliosDeploymentSpec
-from helios_worker.device import parse_bytes, resolve_budget, resolve_device, resolve_dtype
-from helios_worker.engine import Engine, EngineConfig
-from helios_worker.evaluation import evaluate_candidate
-from helios_worker.loading import load_model
-from helios_worker.memory_model import (
+from helios_contracts.memory_model import (
     MAX_NUM_SEQS,
     LayerChangeRefused,
     MemoryModelError,
@@ -23,6 +16,13 @@ from helios_worker.memory_model import (
     bytes_per_sequence,
     plan_memory,
 )
+from helios_operator.k8s import manifests
+from helios_operator.policy.memory import max_batch_size, weight_bytes
+from helios_operator.spec import HeliosDeploymentSpec
+from helios_worker.device import parse_bytes, resolve_budget, resolve_device, resolve_dtype
+from helios_worker.engine import Engine, EngineConfig
+from helios_worker.evaluation import evaluate_candidate
+from helios_worker.loading import load_model
 from helios_worker.sampling import SamplingParams
 from helios_worker.server.settings import ServerSettings
 from tests.test_server_harness import live_server

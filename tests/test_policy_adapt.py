@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from helios_contracts.reports import EvaluationReport
 from helios_operator.policy import (
     AdaptState,
     Decision,
@@ -25,7 +26,6 @@ from helios_operator.policy import (
     with_reports,
 )
 from helios_operator.policy.window import BreachEntry, BreachWindow, ShadowEntry, ShadowWindow
-from helios_operator.reports import EvaluationReport
 from helios_operator.spec import HeliosDeploymentSpec
 from tests.report_factory import MB, NO_BREACH_BUDGET, make_report, make_spec
 

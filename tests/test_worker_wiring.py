@@ -24,9 +24,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from helios_contracts.reports import EvaluationReport
 from helios_operator.k8s import manifests, workers
 from helios_operator.k8s.scrape import parse_metrics
-from helios_operator.reports import EvaluationReport
 from helios_operator.spec import HeliosDeploymentSpec
 from helios_worker.gpu import GpuTelemetry
 from helios_worker.server.settings import ServerSettings
@@ -159,7 +159,7 @@ def evaluation_pod_env(model_dir: Path, port: int, mount: Path) -> tuple[HeliosD
     owner = {**OWNER, "metadata": {"name": "demo", "namespace": "default", "uid": "uid-1"}}
     pod = manifests.build_evaluation_pod(owner, spec, spec.candidates[0], 1, PROMPTS, "helios-worker:test")
     [container] = pod["spec"]["containers"]
-    assert container["command"] == ["helios", "serve"]
+    assert container["command"] == ["helios-worker", "serve"]
     env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
     assert env["HELIOS_MODE"] == "evaluate"
     # What the kubelet provides: the port is the test's, the model volume a temporary directory.

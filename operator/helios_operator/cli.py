@@ -8,16 +8,22 @@ which has no torch, stay fast and working.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+
+from helios_contracts.cli import build_parser as _build_parser
+from helios_contracts.cli import run_command
+from helios_contracts.errors import UserError
+from helios_worker.cli import COMMANDS as WORKER_COMMANDS
+
+__all__ = ["COMMANDS", "UserError", "build_parser", "main"]
 
 # name -> module path; the module's docstring's first line is the help text.
 COMMANDS: dict[str, str] = {
-    "generate": "helios_worker.commands.generate",
-    "serve": "helios_worker.commands.serve",
+    "generate": WORKER_COMMANDS["generate"],
+    "serve": WORKER_COMMANDS["serve"],
     "decide": "helios_operator.commands.decide",
-    "evaluate": "helios_worker.commands.evaluate",
-    "calibrate": "helios_worker.commands.calibrate",
+    "evaluate": WORKER_COMMANDS["evaluate"],
+    "calibrate": WORKER_COMMANDS["calibrate"],
     "crds": "helios_operator.commands.crds",
     "run": "helios_operator.commands.run",
     "status": "helios_operator.commands.status",
@@ -27,31 +33,12 @@ COMMANDS: dict[str, str] = {
 }
 
 
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="helios", description=__doc__.splitlines()[0])
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, module_path in COMMANDS.items():
-        module = importlib.import_module(module_path)
-        summary = (module.__doc__ or name).strip().splitlines()[0]
-        sub = subparsers.add_parser(name, help=summary, description=summary)
-        module.add_arguments(sub)
-        sub.set_defaults(_module=module)
-    return parser
+    return _build_parser("helios", __doc__.splitlines()[0], COMMANDS)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args._module.run(args) or 0)
-    except UserError as error:
-        print(f"helios {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_command("helios", __doc__.splitlines()[0], COMMANDS, argv)
 
 
 if __name__ == "__main__":

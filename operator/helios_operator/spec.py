@@ -17,9 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
@@ -27,7 +25,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
+
+from helios_contracts.candidate import Candidate, SpecModel
 
 API_GROUP = "helios.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
@@ -113,8 +112,7 @@ _INT_OR_STRING = WithJsonSchema(
 Duration = Annotated[float, BeforeValidator(parse_duration), _INT_OR_STRING]
 Quantity = Annotated[int, BeforeValidator(parse_quantity), _INT_OR_STRING]
 K8sQuantity = Annotated[str, BeforeValidator(str), Field(pattern=_K8S_QUANTITY.pattern)]
-# RFC 1123 label (candidate names end up in object names and metric labels) and subdomain.
-DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+# RFC 1123 subdomain.
 ObjectName = Annotated[
     str,
     Field(
@@ -128,25 +126,7 @@ Objective = Literal["throughput", "latency", "energy", "batchSize"]
 Phase = Literal["Pending", "Evaluating", "Serving", "Adapting", "Degraded", "Failed", "Invalid"]
 
 
-class SpecModel(BaseModel):
-    """Base of every spec/status model: camelCase in YAML, snake_case in Python, no unknown keys."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
-
-
 # --- spec --------------------------------------------------------------------------------
-
-
-class Candidate(SpecModel):
-    name: DnsLabel = Field(description="Short unique name (RFC 1123 label); used in reports, metrics, status.")
-    model: str = Field(
-        min_length=1,
-        # a plain reference has no ':'; a URI is one of the supported schemes
-        pattern=r"^((hf|pvc|file)://\S+|[^:\s]+)$",
-        description="Model reference: a Hugging Face repo id (org/name or hf://org/name), a built-in alias, "
-        "a path inside the model volume, file:///path, or pvc://CLAIM/PATH (the claim is mounted read-only).",
-    )
-    revision: str | None = Field(default=None, description="Git revision (branch, tag or commit) of the model.")
 
 
 class AccuracySpec(SpecModel):

@@ -19,17 +19,18 @@ from datetime import datetime
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from helios_contracts.metric_names import (
+    BREACHES,
+    EXIT_BUCKET,
+    LAYERS_LOADED,
+    LAYERS_TOTAL,
+    MODEL_INFO,
+    REQUESTS,
+    SHADOW_MATCHES,
+    SHADOW_TOKENS,
+    TOKENS,
+)
 from helios_operator.policy import Telemetry
-
-TOKENS = "helios_generated_tokens_total"
-BREACHES = "helios_confidence_breaches_total"
-REQUESTS = "helios_requests_total"
-EXIT_BUCKET = "helios_exit_layer_bucket"
-LAYERS_LOADED = "helios_layers_loaded"
-LAYERS_TOTAL = "helios_layers_total"
-MODEL_INFO = "helios_model_info"
-SHADOW_TOKENS = "helios_shadow_tokens_total"
-SHADOW_MATCHES = "helios_shadow_matches_total"
 
 
 class MetricsError(ValueError):

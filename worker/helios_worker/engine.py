@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from helios_contracts.memory_model import DEFAULT_MAX_PREFILL_TOKENS, LayerChangeRefused, MemoryModelError, plan_memory
 from helios_worker.batch import DecodeBatch, prepare_decode, prepare_prefill
 from helios_worker.exit_plan import DEFAULT_MAX_EXITS, EXIT_LAYER_MODES, ExitProfile, choose_exit_layers
 from helios_worker.exit_sidecar import CalibratedExits
 from helios_worker.gates import GATE_NAMES, ExitGate, make_gate
 from helios_worker.kv_cache import SlotKVCache
 from helios_worker.loading import LoadedModel, resize_layers
-from helios_worker.memory_model import DEFAULT_MAX_PREFILL_TOKENS, LayerChangeRefused, MemoryModelError, plan_memory
 from helios_worker.sampling import SamplingParams, sample
 from helios_worker.stats import RequestOutput, StepStats, TokenStats
 
@@ -55,7 +55,7 @@ class EngineConfig:
     # Evaluation mode: run every layer for every token, recording the head's confidence and top
     # token at each layer (TokenStats.layer_confidences / layer_tokens); tokens exit only at L.
     probe_layers: bool = False
-    # Bytes for weights, KV cache and activations (helios_worker.memory_model): the cache holds
+    # Bytes for weights, KV cache and activations (helios_contracts.memory_model): the cache holds
     # as many sequences as fit, at most max_batch_size. None: max_batch_size slots.
     memory_budget: int | None = None
     exit_gate: str = "none"  # helios_worker.gates.GATE_NAMES

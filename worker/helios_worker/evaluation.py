@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from helios_operator.reports import EvaluationReport
+from helios_contracts.reports import EvaluationReport
 
 if TYPE_CHECKING:  # torch stays out of import time: the CLI and the server import this module
     from helios_worker.engine import Engine

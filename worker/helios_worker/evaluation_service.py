@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import PositiveInt, TypeAdapter, ValidationError
 
-from helios_operator.reports import EvaluationReport
-from helios_operator.spec import Candidate
+from helios_contracts.candidate import Candidate
+from helios_contracts.reports import EvaluationReport
 from helios_worker.evaluation import evaluate_candidates
 
 if TYPE_CHECKING:

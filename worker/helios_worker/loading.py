@@ -20,9 +20,9 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from helios_contracts.memory_model import ModelShape
 from helios_worker.architectures import SUPPORTED_MODEL_TYPES, Family, family_for
 from helios_worker.exit_plan import StepCosts
-from helios_worker.memory_model import ModelShape
 from helios_worker.model_refs import ModelRefError, ResolvedRef, resolve
 
 

@@ -30,9 +30,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from helios_operator.reports import EvaluationReport
+from helios_contracts.memory_model import MemoryPlan
+from helios_contracts.reports import EvaluationReport
 from helios_worker.gpu import GpuTelemetry
-from helios_worker.memory_model import MemoryPlan
 from helios_worker.stats import RequestOutput, StepStats
 from helios_worker.vllm_metrics import VllmMetrics
 

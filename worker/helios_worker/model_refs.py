@@ -19,42 +19,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-SUPPORTED_SCHEMES = ("hf://", "pvc://", "file://")
-PVC_ROOT = "/mnt/pvc"  # where the operator mounts the claims that pvc:// references name
+from helios_contracts.model_uris import PVC_ROOT, SUPPORTED_SCHEMES, ModelRefError, from_uri, split_pvc
 
-
-def pvc_root() -> Path:
-    return Path(os.environ.get("HELIOS_PVC_ROOT", PVC_ROOT))
-
-
-def split_pvc(ref: str) -> tuple[str, str]:
-    """``pvc://claim/path`` -> (claim, path); ModelRefError if either is missing."""
-    claim, _, path = ref.removeprefix("pvc://").partition("/")
-    if not claim or not path.strip("/"):
-        raise ModelRefError(f"model {ref!r}: a PVC reference is pvc://CLAIM/PATH")
-    return claim, path.strip("/")
-
-
-def from_uri(ref: str) -> str:
-    """A URI reference as the plain reference it stands for (a hub id or a local path)."""
-    if ref.startswith("hf://"):
-        return ref.removeprefix("hf://")
-    if ref.startswith("file://"):
-        return ref.removeprefix("file://") or "/"
-    if ref.startswith("pvc://"):
-        claim, path = split_pvc(ref)
-        return str(pvc_root() / claim / path)
-    if "://" in ref:
-        scheme = ref.split("://", 1)[0]
-        raise ModelRefError(
-            f"model {ref!r}: the {scheme}:// scheme is not supported; use {', '.join(SUPPORTED_SCHEMES)}, a "
-            "built-in alias, a local directory or a hub id (weights are never downloaded at run time)"
-        )
-    return ref
-
-
-class ModelRefError(ValueError):
-    """A model reference that cannot be used; the message says what was tried and what is allowed."""
+__all__ = ["PVC_ROOT", "SUPPORTED_SCHEMES", "ModelRefError", "ResolvedRef", "from_uri", "resolve", "split_pvc"]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,15 @@ class TokenStats:
 
 
 @dataclass(frozen=True)
+class TokenLogprobs:
+    """A token's log-probability under the distribution it came from, and the likeliest alternatives."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), likeliest first
+
+
+@dataclass(frozen=True)
 class StepStats:
     """One engine step: what ran and how long it took."""
 
@@ -38,6 +47,10 @@ class RequestOutput:
     prompt_token_ids: list[int]
     token_ids: list[int] = field(default_factory=list)
     token_stats: list[TokenStats] = field(default_factory=list)
+    # Only when the request asked for them (SamplingParams.logprobs / prompt_logprobs): one per
+    # generated token, and one per prompt token with None for the first.
+    logprobs: list[TokenLogprobs] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "abort"
     arrival_time: float = 0.0

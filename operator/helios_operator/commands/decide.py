@@ -10,9 +10,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from helios_operator.cli import UserError
+from helios_contracts.errors import UserError
+from helios_contracts.reports import EvaluationReport
 from helios_operator.policy import Decision, select
-from helios_operator.reports import EvaluationReport
 from helios_operator.spec import (
     HeliosDeploymentSpec,
     SpecError,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from helios_contracts.errors import UserError
 from helios_operator.chart import CHART_DIR, chart_files
-from helios_operator.cli import UserError
 from helios_operator.docs import REFERENCE_PATH, field_reference
 
 

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_prompts(path: Path, flag: str) -> list[str]:
-    from helios_operator.cli import UserError
+    from helios_contracts.errors import UserError
 
     try:
         prompts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -39,7 +39,7 @@ def _read_prompts(path: Path, flag: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from helios_operator.cli import UserError
+    from helios_contracts.errors import UserError
     from helios_operator.local.loadgen import LoadSettings, run_load
     from helios_operator.spec import describe_validation_error
 

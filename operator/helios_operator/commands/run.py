@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from helios_operator.cli import UserError
+    from helios_contracts.errors import UserError
     from helios_operator.local.config import load_run_spec
     from helios_operator.spec import SpecError
 

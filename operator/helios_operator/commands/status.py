@@ -19,7 +19,7 @@ def run(args: argparse.Namespace) -> int:
     import httpx
     from rich.console import Console
 
-    from helios_operator.cli import UserError
+    from helios_contracts.errors import UserError
     from helios_operator.local.dashboard import render
     from helios_operator.local.proxy import STATUS_PATH
     from helios_operator.local.snapshot import RunStatus

@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+from helios_contracts.reports import EvaluationReport
 from helios_operator.k8s import manifests, workers
 from helios_operator.k8s.context import Context
 from helios_operator.k8s.manifests import LABEL_CANDIDATE
-from helios_operator.reports import EvaluationReport
 from helios_operator.spec import HeliosDeploymentSpec
 
 

@@ -13,11 +13,11 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from helios_contracts.memory_model import MAX_NUM_SEQS
+from helios_contracts.model_uris import PVC_ROOT, split_pvc
+from helios_contracts.reports import EvaluationReport
 from helios_operator.heliosstatus import HELIOS_STATUS_KIND, HeliosStatusReport
-from helios_operator.reports import EvaluationReport
 from helios_operator.spec import API_VERSION, Candidate, HeliosDeploymentSpec
-from helios_worker.memory_model import MAX_NUM_SEQS
-from helios_worker.model_refs import PVC_ROOT, split_pvc
 
 Manifest = dict[str, Any]
 
@@ -184,7 +184,7 @@ def worker_pod_spec(spec: HeliosDeploymentSpec, image: str, env: list[Manifest],
     container: Manifest = {
         "name": "worker",
         "image": spec.worker.image or image,
-        "command": ["helios", "serve"],
+        "command": ["helios-worker", "serve"],
         "ports": [{"name": "http", "containerPort": 8000, "protocol": "TCP"}],
         "env": env,
         "resources": _resources(spec),

@@ -6,9 +6,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from helios_contracts.reports import EvaluationReport
 from helios_operator.heliosstatus import CandidateEvaluation, HeliosStatusReport, TelemetrySummary
 from helios_operator.policy import AdaptState, Decision, NoFeasibleOption, predict, select
-from helios_operator.reports import EvaluationReport
 from helios_operator.spec import MAX_DECISION_HISTORY, HeliosDeploymentSpec
 
 CHANGES = frozenset({"select", "add_layers", "drop_layers", "switch_model"})

@@ -18,8 +18,8 @@ from typing import Any, Literal, Self
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from helios_contracts.reports import EvaluationReport
 from helios_operator.k8s.manifests import ENDPOINT_ANNOTATION
-from helios_operator.reports import EvaluationReport
 
 
 class WorkerError(RuntimeError):

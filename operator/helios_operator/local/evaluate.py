@@ -20,8 +20,8 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
+from helios_contracts.reports import EvaluationReport
 from helios_operator.local.config import packaged_prompts_path
-from helios_operator.reports import EvaluationReport
 from helios_operator.spec import HeliosDeploymentSpec
 
 _REPORTS = TypeAdapter(list[EvaluationReport])

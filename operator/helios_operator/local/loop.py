@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from helios_contracts.reports import EvaluationReport
 from helios_operator.local.config import candidate_ref, spec_hash
 from helios_operator.local.evaluate import (
     EvaluationFailed,
@@ -57,7 +58,6 @@ from helios_operator.policy import (
     with_reports,
 )
 from helios_operator.policy import select as select_model
-from helios_operator.reports import EvaluationReport
 from helios_operator.spec import HeliosDeploymentSpec
 
 RECENT_PROMPTS_PATH = "/v1/helios/recent-prompts"

@@ -18,8 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from helios_contracts.reports import EvaluationReport
 from helios_operator.policy import Decision
-from helios_operator.reports import EvaluationReport
 
 STATE_VERSION = "helios.local/v1"
 MAX_LOG_ENTRIES = 200

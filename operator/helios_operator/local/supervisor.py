@@ -23,8 +23,8 @@ from pathlib import Path
 
 import httpx
 
+from helios_contracts.memory_model import MAX_NUM_SEQS
 from helios_operator.local.state import WorkerRecord
-from helios_worker.memory_model import MAX_NUM_SEQS
 
 READY_POLL_SECONDS = 0.25
 LOG_TAIL_CHARS = 1500

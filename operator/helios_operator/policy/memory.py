@@ -1,4 +1,4 @@
-"""Memory model of greedy exit, as the policy predicts it: ``helios_worker.memory_model``.
+"""Memory model of greedy exit, as the policy predicts it: ``helios_contracts.memory_model``.
 
 Loading L of N layers frees the weights and the KV cache of the other N - L layers; the
 paper turns that memory into a larger batch. The worker sizes its cache with the same
@@ -8,15 +8,15 @@ holds. Reports written before the model shape was recorded fall back to their by
 
 from __future__ import annotations
 
-from helios_operator.reports import EvaluationReport
-from helios_worker.memory_model import (
+from helios_contracts.memory_model import (
     DEFAULT_MAX_PREFILL_TOKENS,
     DTYPE_BYTES,
     MAX_NUM_SEQS,
     MemoryModelError,
     plan_memory,
 )
-from helios_worker.memory_model import weight_bytes as shape_weight_bytes
+from helios_contracts.memory_model import weight_bytes as shape_weight_bytes
+from helios_contracts.reports import EvaluationReport
 
 
 def _itemsize(report: EvaluationReport) -> int | None:

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from helios_contracts.reports import EvaluationReport
 from helios_operator.policy.memory import max_batch_size, weight_bytes
-from helios_operator.reports import EvaluationReport
 from helios_operator.spec import HeliosDeploymentSpec
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from helios_contracts.reports import EvaluationReport
 from helios_operator.policy.decision import Decision
 from helios_operator.policy.predict import Prediction, predict
 from helios_operator.policy.select import describe, objective_value, select, uses_energy_proxy
 from helios_operator.policy.state import AdaptState
-from helios_operator.reports import EvaluationReport
 from helios_operator.spec import HeliosDeploymentSpec
 
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
+from helios_contracts.reports import EvaluationReport
 from helios_operator.policy.decision import Decision
 from helios_operator.policy.predict import Prediction, predict
-from helios_operator.reports import EvaluationReport
 from helios_operator.spec import HeliosDeploymentSpec, Objective
 
 _OBJECTIVE_WORDS = {

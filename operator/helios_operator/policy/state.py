@@ -10,10 +10,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 
+from helios_contracts.reports import EvaluationReport
 from helios_operator.policy.decision import Decision
 from helios_operator.policy.telemetry import Telemetry
 from helios_operator.policy.window import BreachEntry, BreachWindow, ShadowEntry, ShadowWindow
-from helios_operator.reports import EvaluationReport
 from helios_operator.spec import HeliosDeploymentSpec
 
 _CHANGES = frozenset({"select", "add_layers", "drop_layers", "switch_model"})

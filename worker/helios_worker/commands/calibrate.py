@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_texts(path: Path) -> str:
-    from helios_operator.cli import UserError
+    from helios_contracts.errors import UserError
 
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES)
     if not files:
@@ -37,7 +37,7 @@ def read_texts(path: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from helios_operator.cli import UserError
+    from helios_contracts.errors import UserError
     from helios_worker.calibration import auto_layers, calibrate
     from helios_worker.device import resolve_device
     from helios_worker.exit_plan import parse_exit_layers

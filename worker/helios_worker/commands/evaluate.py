@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from helios_operator.reports import EvaluationReport
+    from helios_contracts.reports import EvaluationReport
 
 RECENT_PROMPTS_PATH = "/v1/helios/recent-prompts"
 FETCH_TIMEOUT_SECONDS = 10.0
@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _exits_by_candidate(values: list[str], names: list[str]) -> dict[str, str]:
     """``--exits DIR`` (one candidate) or ``--exits NAME=DIR`` (any) -> {candidate: DIR}."""
-    from helios_operator.cli import UserError
+    from helios_contracts.errors import UserError
 
     exits: dict[str, str] = {}
     for value in values:
@@ -52,7 +52,7 @@ def _exits_by_candidate(values: list[str], names: list[str]) -> dict[str, str]:
 
 
 def read_prompts_file(path: Path) -> list[str]:
-    from helios_operator.cli import UserError
+    from helios_contracts.errors import UserError
 
     try:
         prompts = [line for line in path.read_text().splitlines() if line.strip()]
@@ -67,7 +67,7 @@ def fetch_recent_prompts(url: str) -> list[str]:
     """``GET {url}/v1/helios/recent-prompts`` -> its ``prompts`` list (strings)."""
     import httpx
 
-    from helios_operator.cli import UserError
+    from helios_contracts.errors import UserError
 
     endpoint = url.rstrip("/") + RECENT_PROMPTS_PATH
     try:
@@ -90,7 +90,7 @@ def fetch_recent_prompts(url: str) -> list[str]:
 
 def _check_settings(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Validate everything cheap before loading any model, so a typo costs no evaluation time."""
-    from helios_operator.cli import UserError
+    from helios_contracts.errors import UserError
     from helios_worker.evaluation import parse_candidates
     from helios_worker.model_refs import ModelRefError, resolve
 
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from helios_operator.cli import UserError
+    from helios_contracts.errors import UserError
     from helios_worker.evaluation import EvaluationError, evaluate_candidates, planned_tokens
     from helios_worker.gpu import GpuTelemetry
     from helios_worker.loading import ModelLoadError

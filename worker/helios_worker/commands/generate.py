@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
-    from helios_operator.cli import UserError
+    from helios_contracts.errors import UserError
 
     prompts = list(args.prompt)
     if args.batch_file:
@@ -46,7 +46,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from helios_operator.cli import UserError
+    from helios_contracts.errors import UserError
     from helios_worker.engine import Engine, EngineConfig, RequestError
     from helios_worker.exit_plan import describe_exits, find_profile, parse_exit_layers
     from helios_worker.loading import ModelLoadError, load_model

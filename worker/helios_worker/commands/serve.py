@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from helios_operator.cli import UserError
+    from helios_contracts.errors import UserError
     from helios_worker.server.settings import SettingsError
 
     flags = {name: getattr(args, name) for name in ServerSettings.model_fields}

@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from helios_worker.memory_model import LayerChangeRefused
+from helios_contracts.memory_model import LayerChangeRefused
 from helios_worker.server.errors import APIError
 from helios_worker.server.openai_routes import ERROR_RESPONSES, Worker
 from helios_worker.server.protocol import (

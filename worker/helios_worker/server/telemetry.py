@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from helios_worker.metrics import WorkerMetrics
 
 if TYPE_CHECKING:
-    from helios_operator.reports import EvaluationReport
+    from helios_contracts.reports import EvaluationReport
     from helios_worker.evaluation_service import EvaluationService
     from helios_worker.server.runner import EngineRunner
     from helios_worker.server.settings import ServerSettings

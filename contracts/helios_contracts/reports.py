@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from helios_worker.memory_model import ModelShape
+from helios_contracts.memory_model import ModelShape
 
 REPORT_VERSION = "helios.evaluation/v1"
 
@@ -70,7 +70,8 @@ class EvaluationReport(BaseModel):
     kv_bytes_per_token_per_layer: int = Field(ge=0)
     energy_per_token_joules: float | None = Field(default=None, description="From NVML; None without a GPU.")
     shape: ModelShape | None = Field(
-        default=None, description="Model sizes for the memory model (helios_worker.memory_model); None in old reports."
+        default=None,
+        description="Model sizes for the memory model (helios_contracts.memory_model); None in old reports.",
     )
     exits: str | None = Field(
         default=None,

@@ -1,0 +1,29 @@
+"""A candidate model as the spec names it; the operator hands a list of them to evaluation pods."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+# RFC 1123 label: candidate names end up in object names and metric labels.
+DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+
+
+class SpecModel(BaseModel):
+    """Base of every spec/status model: camelCase in YAML, snake_case in Python, no unknown keys."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Candidate(SpecModel):
+    name: DnsLabel = Field(description="Short unique name (RFC 1123 label); used in reports, metrics, status.")
+    model: str = Field(
+        min_length=1,
+        # a plain reference has no ':'; a URI is one of the supported schemes
+        pattern=r"^((hf|pvc|file)://\S+|[^:\s]+)$",
+        description="Model reference: a Hugging Face repo id (org/name or hf://org/name), a built-in alias, "
+        "a path inside the model volume, file:///path, or pvc://CLAIM/PATH (the claim is mounted read-only).",
+    )
+    revision: str | None = Field(default=None, description="Git revision (branch, tag or commit) of the model.")

@@ -1,0 +1,11 @@
+"""The worker metrics the operator reads (``helios_worker.metrics`` exports them under these names)."""
+
+TOKENS = "helios_generated_tokens_total"
+BREACHES = "helios_confidence_breaches_total"
+REQUESTS = "helios_requests_total"
+EXIT_BUCKET = "helios_exit_layer_bucket"
+LAYERS_LOADED = "helios_layers_loaded"
+LAYERS_TOTAL = "helios_layers_total"
+MODEL_INFO = "helios_model_info"
+SHADOW_TOKENS = "helios_shadow_tokens_total"
+SHADOW_MATCHES = "helios_shadow_matches_total"
