@@ -222,6 +222,40 @@ def test_evaluate_serve_adapt_degrade_and_delete(
 
 
 @pytest.mark.timeout(90)
+def test_deleted_and_edited_children_are_repaired_by_the_watch(
+    k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A minute between passes: whatever is repaired within seconds was repaired by the watch.
+    monkeypatch.setenv("HELIOS_OPERATOR_TICK", "60")
+    with operator(HANDLERS, namespace="default") as runner:
+        k8s_api.apply(yaml.safe_dump(heliosdeployment()))
+        wait_for_eval_pods(k8s_api)
+        evaluate(k8s_api, fakes)
+        wait_for_phase(k8s_api, "Serving")
+        wait_for(lambda: names(k8s_api, "deployment") == [NAME] and names(k8s_api, "service") == [NAME], "children")
+        template = k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["template"]
+
+        k8s_api.kubectl("delete", "deployment", NAME)
+        wait_for(lambda: names(k8s_api, "deployment") == [NAME], "the Deployment to be recreated", timeout=10)
+        k8s_api.kubectl("delete", "service", NAME)
+        wait_for(lambda: names(k8s_api, "service") == [NAME], "the Service to be recreated", timeout=10)
+
+        # A hand edit of a field HELIOS owns: the worker image and the layer count.
+        edit = {"spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "evil:latest"}]}}}}
+        k8s_api.kubectl("patch", "deployment", NAME, "--type=strategic", "-p", json.dumps(edit))
+        wait_for(
+            lambda: k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["template"]["spec"]["containers"][0]["image"]
+            == template["spec"]["containers"][0]["image"],
+            "the image edit to be reverted",
+            timeout=10,
+        )
+        reasons = {e["reason"] for e in k8s_api.kubectl_json("get", "events")["items"]}
+        assert "ChildRepaired" in reasons
+        assert env_of(k8s_api, "deployment", NAME)["HELIOS_LAYERS"] == str(hd_status(k8s_api)["currentLayers"])
+    assert runner.exception is None
+
+
+@pytest.mark.timeout(90)
 def test_restart_mid_evaluation_converges_without_duplicates(
     k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers
 ) -> None:

@@ -16,8 +16,10 @@ from typing import Any
 
 import httpx
 
+from helios_operator.k8s.children import desired_children
 from helios_operator.k8s.config import OperatorConfig
-from helios_operator.k8s.kube import Body, Kube
+from helios_operator.k8s.drift import drifted_paths, owned_content
+from helios_operator.k8s.kube import IMMUTABLE, Body, Kube
 from helios_operator.k8s.scrape import WorkerSample
 from helios_operator.policy import AdaptState, Telemetry
 from helios_operator.spec import HeliosDeploymentSpec
@@ -32,8 +34,7 @@ class Runtime:
     num_scraped: int = 0
     last_telemetry: Telemetry | None = None
     round_prompts: list[str] | None = None  # prompts of a reassessment round (recent traffic)
-    applied: dict[str, str] = field(default_factory=dict)  # object key -> digest of what was applied
-    generation: int | None = None
+    applied: dict[str, str] = field(default_factory=dict)  # kind/name -> digest of the manifest last applied
 
 
 @dataclass
@@ -63,13 +64,26 @@ class Context:
     def event(self, kind: str, reason: str, message: str) -> None:
         self.events.append((kind, reason, message))
 
-    async def apply(self, manifest: Body, force: bool = False) -> None:
-        """Create-or-patch ``manifest`` unless this exact content was already applied."""
-        key = f"{manifest['kind']}/{manifest['metadata']['name']}"
+    async def apply(self, manifest: Body) -> None:
+        """Make the live child match ``manifest`` (level-triggered: read, compare, then create or patch).
+
+        A missing child is created; one whose HELIOS-owned fields drifted is patched back, with an
+        Event naming the fields. Pods are immutable: an existing one is left alone.
+        """
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
+        desired_children().remember(self.namespace, manifest)
+        key = f"{kind}/{name}"
         digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-        if not force and self.runtime.applied.get(key) == digest:
-            return
-        await asyncio.to_thread(self.kube.apply, manifest)
+        unchanged = self.runtime.applied.get(key) == digest  # HELIOS wants what it wanted last pass
+        live = await asyncio.to_thread(self.kube.get, kind, self.namespace, name)
+        if live is None:
+            await asyncio.to_thread(self.kube.apply, manifest)
+            if key in self.runtime.applied:
+                self.event("Warning", "ChildRecreated", f"{kind} {name} was missing; recreated it")
+        elif kind not in IMMUTABLE and (drift := drifted_paths(owned_content(manifest), live)):
+            await asyncio.to_thread(self.kube.apply, manifest)
+            if unchanged:
+                self.event("Warning", "DriftReverted", f"{kind} {name}: reverted {', '.join(drift[:5])}")
         self.runtime.applied[key] = digest
 
     async def list(self, kind: str, labels: Mapping[str, str]) -> list[Body]:

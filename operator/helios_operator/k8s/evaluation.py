@@ -60,7 +60,7 @@ async def poll_round(ctx: Context, round_: int, prompts: list[str]) -> tuple[lis
             pod = manifests.build_evaluation_pod(
                 ctx.body, ctx.spec, candidate, round_, prompts, ctx.config.worker_image
             )
-            await ctx.apply(pod, force=True)
+            await ctx.apply(pod)
     ready = {
         name: url
         for name, pod in pods.items()

@@ -2,12 +2,15 @@
 
 ``validate`` (create/update/resume) writes the SpecValid condition and rejects a spec that can
 never work with ``kopf.PermanentError``; the ``reconcile`` timer runs one level-triggered pass
-(``k8s.reconcile``) per tick and turns its status and events into a patch and Kubernetes Events.
+(``k8s.reconcile``) per tick and turns its status and events into a patch and Kubernetes Events;
+``child_changed`` watches the serving Deployment and Service and repairs a deleted or edited one
+within seconds, from the manifest the last pass applied (``k8s.children``).
 Run with `helios operator`, or `kopf run` on this file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 from datetime import UTC, datetime
@@ -17,10 +20,13 @@ import httpx
 import kopf
 from pydantic import ValidationError
 
+from helios_operator.k8s.children import desired_children, owner_of
 from helios_operator.k8s.conditions import READY, SPEC_VALID, set_condition
 from helios_operator.k8s.config import OperatorConfig
 from helios_operator.k8s.context import Context, Runtime
+from helios_operator.k8s.drift import drifted_paths, owned_content
 from helios_operator.k8s.kube import Kube
+from helios_operator.k8s.manifests import LABEL_MANAGED_BY, MANAGED_BY
 from helios_operator.k8s.reconcile import reconcile
 from helios_operator.k8s.report import status_changes
 from helios_operator.spec import API_GROUP, HeliosDeploymentSpec, describe_validation_error
@@ -80,8 +86,6 @@ async def reconcile_timer(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, *
         spec = memo.config.apply_defaults(HeliosDeploymentSpec.model_validate(dict(body.get("spec") or {})))
     except ValidationError:
         return  # `validate` has said why in the status; nothing to do until the spec changes
-    if body.get("status", {}).get("phase") in (None, "Invalid"):
-        return  # not validated yet
     memo.setdefault("runtime", Runtime())
     old_status = copy.deepcopy(dict(body.get("status") or {}))
     owner = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": dict(body["metadata"])}
@@ -97,3 +101,25 @@ async def reconcile_timer(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, *
             (kopf.info if kind == "Normal" else kopf.warn)(body, reason=reason, message=message)
     if retry_after is not None:
         raise kopf.TemporaryError("waiting for evaluation reports", delay=retry_after)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY})
+@kopf.on.event("", "v1", "services", labels={LABEL_MANAGED_BY: MANAGED_BY})
+async def child_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A serving child was deleted or edited: put back what the last pass applied."""
+    meta = body["metadata"]
+    desired = desired_children().get(meta["namespace"], body["kind"], meta["name"])
+    owner_ref = owner_of(dict(body))
+    if desired is None or owner_ref is None or (owner_of(desired) or {}).get("uid") != owner_ref["uid"]:
+        return
+    deleted = event.get("type") == "DELETED"
+    drift = [] if deleted else drifted_paths(owned_content(desired), dict(body))
+    if not deleted and not drift:
+        return
+    owner = await asyncio.to_thread(memo.kube.get, "HeliosDeployment", meta["namespace"], owner_ref["name"])
+    if owner is None or owner["metadata"].get("deletionTimestamp") or owner["metadata"]["uid"] != owner_ref["uid"]:
+        desired_children().forget_owner(meta["namespace"], owner_ref["uid"])
+        return  # the owner is going: the garbage collector is removing its children
+    await asyncio.to_thread(memo.kube.apply, desired)
+    what = "was deleted; recreated it" if deleted else f"drifted; reverted {', '.join(drift[:5])}"
+    kopf.warn(owner, reason="ChildRepaired", message=f"{body['kind']} {meta['name']} {what}")

@@ -27,6 +27,7 @@ PATHS: dict[str, tuple[str, str]] = {
     "ConfigMap": ("/api/v1", "configmaps"),
     "Deployment": ("/apis/apps/v1", "deployments"),
     "HeliosStatus": (f"/apis/{API_GROUP}/v1alpha1", "heliosstatuses"),
+    "HeliosDeployment": (f"/apis/{API_GROUP}/v1alpha1", "heliosdeployments"),
 }
 # Pods are immutable once created: an existing one is kept, never patched.
 IMMUTABLE = frozenset({"Pod"})

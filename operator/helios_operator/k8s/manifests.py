@@ -25,6 +25,8 @@ LABEL_DEPLOYMENT = "helios.dev/deployment"
 LABEL_ROLE = "helios.dev/role"
 LABEL_CANDIDATE = "helios.dev/candidate"
 LABEL_ROUND = "helios.dev/round"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "helios-operator"
 ROLE_SERVE = "serve"
 ROLE_EVALUATE = "evaluate"
 ENDPOINT_ANNOTATION = "helios.dev/endpoint"
@@ -62,7 +64,7 @@ def base_labels(deployment: str) -> dict[str, str]:
     return {
         "app.kubernetes.io/name": "helios-worker",
         "app.kubernetes.io/instance": deployment,
-        "app.kubernetes.io/managed-by": "helios-operator",
+        LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_DEPLOYMENT: deployment,
     }
 

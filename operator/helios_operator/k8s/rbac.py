@@ -25,9 +25,9 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission(API_GROUP, "heliosdeployments/status", ("get", "patch"), "phase, conditions, decisions"),
     Permission(API_GROUP, "heliosstatuses", ("get", "create", "patch"), "the HeliosStatus report"),
     Permission("", "pods", ("get", "list", "create", "delete"), "evaluation pods; find and scrape workers"),
-    Permission("", "services", ("get", "create", "patch"), "the serving Service"),
+    Permission("", "services", ("get", "list", "watch", "create", "patch"), "the serving Service; repaired on change"),
     Permission("", "configmaps", ("get", "create", "patch"), "evaluation reports; prompts from a ConfigMap"),
-    Permission("apps", "deployments", ("get", "create", "patch"), "the serving Deployment"),
+    Permission("apps", "deployments", ("get", "list", "watch", "create", "patch"), "the serving Deployment; repaired"),
     Permission("", "events", ("create",), "a Kubernetes Event per decision (kopf.info/warn)"),
     Permission("kopf.dev", "kopfpeerings", ("get", "list", "watch", "patch"), "kopf peering (not with --standalone)"),
 )

@@ -70,9 +70,6 @@ def current_state(ctx: Context) -> AdaptState:
 async def reconcile(ctx: Context) -> float | None:
     """Run one pass; the number of seconds to wait before the next one when waiting on evaluation."""
     runtime, status = ctx.runtime, ctx.status
-    if runtime.generation != ctx.generation:
-        runtime.applied.clear()  # a new spec: render every child again
-        runtime.generation = ctx.generation
     if runtime.state is None and status.get("phase") in SERVING_PHASES:
         await restore(ctx)
     if runtime.state is not None and runtime.state.model not in {c.name for c in ctx.spec.candidates}:
@@ -130,7 +127,7 @@ async def initial_evaluation(ctx: Context) -> float | None:
 
 
 async def serve(ctx: Context) -> None:
-    """The serving Deployment and Service for the current decision (re-applied only when changed)."""
+    """The serving Deployment and Service for the current decision, created or reverted where they differ."""
     state = current_state(ctx)
     candidate = manifests.candidate_named(ctx.spec, state.model)
     histogram = state.report.exit_layer_histogram
