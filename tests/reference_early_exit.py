@@ -120,12 +120,16 @@ def reference_generate(
     layer_gate: Callable[[int, torch.Tensor, torch.Tensor], bool] | None = None,
     translate: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
     thresholds: dict[int, float] | None = None,
+    distributions: list[torch.Tensor] | None = None,
+    forced: list[int] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Greedy early-exit generation; returns (tokens, exit layers). Stops at ``eos_token_id`` if given.
 
     ``layer_gate(layer, before, after)`` like ``gate`` but told the layer; ``translate(layer, h)``
     maps a state before the head reads it (calibrated exits); ``thresholds`` overrides the
-    confidence threshold per layer.
+    confidence threshold per layer. ``distributions``, if given, receives each token's
+    log-softmax [vocab] at its exit layer; ``forced`` tokens replace the argmax (to follow a
+    sampled continuation: exits depend on confidence only, not on the token taken).
     """
     num_layers = hf.num_layers
     cache = ListCache(num_layers)
@@ -149,9 +153,13 @@ def reference_generate(
             if not is_last and layer_gate is not None and not layer_gate(layer_no, before[0, -1], hidden[0, -1]):
                 continue
             state = hidden[:, -1] if translate is None else translate(layer_no, hidden[:, -1])
-            probs = hf.head(state).softmax(-1)[0]
+            logits = hf.head(state)[0]
+            probs = logits.softmax(-1)
             if probs.max() >= (thresholds or {}).get(layer_no, threshold) or is_last:
-                decision = (int(probs.argmax()), layer_no)
+                token = int(probs.argmax()) if forced is None else forced[len(tokens)]
+                decision = (token, layer_no)
+                if distributions is not None:
+                    distributions.append(logits.float().log_softmax(-1))
                 if start > 0:  # decode: each skipped layer caches what it writes for this state
                     for skipped in range(layer_no, num_layers):
                         cache.append(skipped, *hf.written_kv(skipped, hidden, positions))

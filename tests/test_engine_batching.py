@@ -71,7 +71,9 @@ def test_too_long_request_is_rejected_with_a_clear_message(loaded):
     with pytest.raises(RequestError, match="exceeds the context length 16"):
         engine.add_request(list(range(10)), SamplingParams(max_new_tokens=10))
     with pytest.raises(ValueError, match="max_new_tokens"):
-        SamplingParams(max_new_tokens=0)
+        SamplingParams(max_new_tokens=-1)  # 0 is a prefill only (prompt logprobs)
+    with pytest.raises(ValueError, match="logprobs"):
+        SamplingParams(logprobs=6)
 
 
 def test_growing_mid_request_equals_an_engine_that_had_the_layers_all_along(tiny_model):

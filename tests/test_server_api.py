@@ -99,7 +99,14 @@ def test_stop_string_ends_the_text_before_it(client):
     stop = text[6:9]
     expected = text[: text.index(stop)]
     body = complete(client, max_tokens=24, ignore_eos=True, stop=[stop])
-    assert body["choices"][0] == {"index": 0, "text": expected, "finish_reason": "stop", "logprobs": None}
+    choice = body["choices"][0]
+    assert {key: choice[key] for key in ("index", "text", "finish_reason", "logprobs")} == {
+        "index": 0,
+        "text": expected,
+        "finish_reason": "stop",
+        "logprobs": None,
+    }
+    assert choice["helios"]["exit_layers"] == body["helios"]["exit_layers"]
     events = stream(client, "/v1/completions", prompt=PROMPT, max_tokens=24, ignore_eos=True, stop=stop)
     assert "".join(e["choices"][0]["text"] for e in events[:-1] if e["choices"]) == expected
 
@@ -140,8 +147,10 @@ CASES = [
     ({"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
     ({"prompt": "x", "max_tokens": "5"}, 400, "max_tokens"),
     ({"prompt": "x", "temperature": 3}, 400, "temperature"),
-    ({"prompt": "x", "n": 2}, 400, "n"),
-    ({"prompt": "x", "logprobs": 2}, 400, "logprobs"),
+    ({"prompt": "x", "n": 17}, 400, "n"),
+    ({"prompt": "x", "logprobs": 6}, 400, "logprobs"),
+    ({"prompt": "x", "best_of": 2}, 400, "best_of"),
+    ({"prompt": [[1, 2], []]}, 400, "prompt"),
     ({"prompt": "x", "stop": [""]}, 400, "stop"),
     ({"prompt": [1, 10**6]}, 400, "prompt"),
     ({"prompt": []}, 400, "prompt"),

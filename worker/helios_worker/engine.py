@@ -30,8 +30,13 @@ from helios_worker.exit_sidecar import CalibratedExits
 from helios_worker.gates import GATE_NAMES, ExitGate, make_gate
 from helios_worker.kv_cache import SlotKVCache
 from helios_worker.loading import LoadedModel, resize_layers
+from helios_worker.logprobs import LogprobCollector, LogprobTarget
 from helios_worker.sampling import SamplingParams, sample
-from helios_worker.stats import RequestOutput, StepStats, TokenStats
+from helios_worker.stats import RequestOutput, StepStats, TokenLogprobs, TokenStats
+
+# Prompt positions per LM-head call when a request asks for its prompt's logprobs ([rows, vocab]
+# logits at a time, not the whole prompt's).
+PROMPT_LOGPROB_ROWS = 256
 
 
 class RequestError(ValueError):
@@ -128,6 +133,7 @@ class Engine:
         self._ids = itertools.count()
         self._probe_states: list[torch.Tensor] = []  # probe mode: [rows, hidden] after each layer
         self._num_head_rows = 0  # rows that went through the LM head this step
+        self._logprobs = LogprobCollector()  # this step's logprobs, for the requests that asked
         self._exit_layers_at: dict[tuple[int, int, int], list[int]] = {}  # (layers, rows, context) -> exits
 
     # --- public API ---------------------------------------------------------------------
@@ -224,9 +230,11 @@ class Engine:
         decoding = list(self.running)
         admitted = self._admit()
         self._num_head_rows = 0
+        self._logprobs.clear()  # a failed step's leftovers
         if admitted:
             self._prefill(admitted)
         num_layer_evals = self._decode(decoding) if decoding else 0
+        self._logprobs.flush()
         self.running = [s for s in decoding + admitted if not s.output.finished]
         stats = StepStats(
             num_prefills=len(admitted),
@@ -357,7 +365,9 @@ class Engine:
 
         Prompts are right-padded to the longest. Pad positions only see real keys before them,
         and the K/V they leave in the cache sit at positions each row's decode overwrites
-        before it ever reads them (decode writes position p, then attends to 0..p).
+        before it ever reads them (decode writes position p, then attends to 0..p). Prompt
+        logprobs, where asked for, come from the last layer's states; a request for no new
+        tokens ends here.
         """
         device = self.loaded.device
         lengths = [len(s.output.prompt_token_ids) for s in seqs]
@@ -371,7 +381,7 @@ class Engine:
         batch = prepare_prefill(slots, positions, hidden.dtype, self._rotary_for(hidden))
         last = torch.tensor(lengths, device=device) - 1  # [rows]: each prompt's last position
         exit_layers = set(self.exit_layers_for(len(seqs), width))
-        undecided = list(range(len(seqs)))  # rows whose first token is not chosen yet
+        undecided = [row for row, seq in enumerate(seqs) if seq.params.max_new_tokens > 0]  # no first token yet
         for index, layer in enumerate(self.loaded.layers[: self.active_layers]):
             before = hidden
             hidden = self.family.run_layer(layer, hidden, batch, self.cache)
@@ -382,9 +392,25 @@ class Engine:
                 leaving = set(self._exit_test(seqs, undecided, state_in, state_out, index + 1))
                 undecided = [row for i, row in enumerate(undecided) if i not in leaving]
         for row, seq in enumerate(seqs):
+            if seq.params.prompt_logprobs is not None:
+                self._prompt_logprobs(seq, hidden[row, : lengths[row] - 1])
+            if seq.params.max_new_tokens == 0:
+                self._finish(seq, "length")
             if not seq.output.finished:
                 self.exit_hidden[slots[row], : lengths[row]] = hidden[row, : lengths[row]]
             seq.num_cached = lengths[row]
+
+    def _prompt_logprobs(self, seq: Sequence, states: torch.Tensor) -> None:
+        """Logprobs of prompt tokens 2.. from the last layer's ``states`` [prompt - 1, hidden]."""
+        prompt, num_top = seq.output.prompt_token_ids, seq.params.prompt_logprobs
+        into: list[TokenLogprobs | None] = [None]  # the first prompt token has no context to be predicted from
+        seq.output.prompt_logprobs = into
+        for start in range(0, states.shape[0], PROMPT_LOGPROB_ROWS):
+            chunk = states[start : start + PROMPT_LOGPROB_ROWS]
+            if self.exits is not None:  # the head reads what the last layer's exit reads
+                chunk = self.exits.translate(self.active_layers, chunk)
+            targets = [LogprobTarget(into, token, num_top) for token in prompt[start + 1 : start + 1 + len(chunk)]]
+            self._logprobs.add(self.family.exit_head(self.model, chunk), targets)
 
     def _decode(self, seqs: list[Sequence]) -> int:
         """One token for each of ``seqs``; returns the number of decoder layers computed (rows x layers)."""
@@ -461,14 +487,19 @@ class Engine:
         threshold = self.config.exit_threshold
         if self.exits is not None:  # calibrated per layer for a precision target
             threshold = self.exits.confidence_threshold(layer, threshold)
-        leaving = []
+        leaving, asked = [], []  # asked: (candidate index, where the logprobs go) for rows that want them
         for j, row in enumerate(candidates):
             if not is_last and confidence[j] < threshold:
                 continue
             seq = seqs[running[row]]
             token = greedy[j] if seq.params.is_greedy else sample(logits[j], seq.params, seq.generator)
+            if seq.params.logprobs is not None:
+                asked.append((j, LogprobTarget(seq.output.logprobs, token, seq.params.logprobs)))
             self._emit(seq, token, confidence[j], layer)
             leaving.append(row)
+        if asked:  # from the distribution the token was just chosen from: this exit layer's
+            rows = torch.tensor([j for j, _ in asked], device=logits.device)
+            self._logprobs.add(logits[rows], [target for _, target in asked])
         return leaving
 
     def _probe_test(self, seqs: list[Sequence], running: list[int], hidden: torch.Tensor, layer: int) -> list[int]:
@@ -493,6 +524,9 @@ class Engine:
             seq.probe = list(zip(confidence[:, column].tolist(), top[:, column].tolist(), strict=True))
             greedy = int(top[-1, column])
             token = greedy if seq.params.is_greedy else sample(logits[-1, column], seq.params, seq.generator)
+            if seq.params.logprobs is not None:
+                target = LogprobTarget(seq.output.logprobs, token, seq.params.logprobs)
+                self._logprobs.add(logits[-1, column][None], [target])
             self._emit(seq, token, float(confidence[-1, column]), layer)
         return list(range(len(running)))
 

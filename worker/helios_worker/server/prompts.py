@@ -7,10 +7,13 @@ other requests share (out-of-vocabulary ids, overlong prompts, overflow-prone te
 Chat: ``messages`` go through the tokenizer's chat template (with the generation prompt).
 A tokenizer without a template gets a plain join, one ``role: content`` line per message and
 a final ``assistant:`` line, tokenized like a completion prompt.
+
+A completion may be a batch of prompts; each prompt gets ``n`` SamplingParams (``choice_params``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,15 +30,27 @@ MIN_TEMPERATURE = 0.01
 @dataclass(frozen=True)
 class PreparedPrompt:
     token_ids: list[int]
-    text: str  # for the recent-prompts buffer
+    text: str  # for the recent-prompts buffer, and what a completion's echo sends
 
 
-def completion_prompt(request: CompletionRequest, tokenizer: Any, vocab_size: int) -> PreparedPrompt:
-    if isinstance(request.prompt, str):
-        return PreparedPrompt(tokenizer(request.prompt).input_ids, request.prompt)
-    if request.prompt and max(request.prompt) >= vocab_size:
+def completion_prompts(request: CompletionRequest, tokenizer: Any, vocab_size: int) -> list[PreparedPrompt]:
+    """The request's prompts: one, or a batch (a list of texts or of token id lists)."""
+    prompt = request.prompt
+    if isinstance(prompt, str):
+        return [PreparedPrompt(tokenizer(prompt).input_ids, prompt)]
+    if not prompt:
+        raise APIError(400, "prompt: it is empty (no prompts)", param="prompt")
+    if isinstance(prompt[0], int):
+        return [_token_prompt(prompt, tokenizer, vocab_size)]
+    if isinstance(prompt[0], str):
+        return [PreparedPrompt(tokenizer(text).input_ids, text) for text in prompt]
+    return [_token_prompt(token_ids, tokenizer, vocab_size) for token_ids in prompt]
+
+
+def _token_prompt(token_ids: list[int], tokenizer: Any, vocab_size: int) -> PreparedPrompt:
+    if token_ids and max(token_ids) >= vocab_size:
         raise APIError(400, f"prompt: token ids must be below the vocabulary size {vocab_size}", param="prompt")
-    return PreparedPrompt(list(request.prompt), tokenizer.decode(request.prompt, skip_special_tokens=True))
+    return PreparedPrompt(list(token_ids), tokenizer.decode(token_ids, skip_special_tokens=True))
 
 
 def plain_chat_text(messages: list[ChatMessage]) -> str:
@@ -66,8 +81,11 @@ def sampling_params(
         requested, limit_param = request.max_completion_tokens, "max_completion_tokens"
     if num_prompt_tokens == 0:
         raise APIError(400, "prompt: it is empty (no tokens)", param="prompt")
+    is_echo = isinstance(request, CompletionRequest) and request.echo
+    if requested == 0 and not is_echo:
+        raise APIError(400, "max_tokens: 0 generates nothing; it needs echo (to score the prompt)", param="max_tokens")
     room = max_seq_len - num_prompt_tokens
-    if room < 1:
+    if room < (0 if requested == 0 else 1):
         raise APIError(
             400,
             f"prompt: {num_prompt_tokens} tokens leave no room in the context of {max_seq_len} tokens",
@@ -87,10 +105,26 @@ def sampling_params(
     temperature = request.temperature
     if 0.0 < temperature < MIN_TEMPERATURE:
         temperature = MIN_TEMPERATURE
+    if isinstance(request, ChatCompletionRequest):
+        logprobs = (request.top_logprobs or 0) if request.logprobs else None
+        prompt_logprobs = None
+    else:
+        logprobs = request.logprobs
+        prompt_logprobs = request.logprobs if request.echo else None
     return SamplingParams(
         max_new_tokens=requested,
         temperature=temperature,
         top_p=request.top_p,
         seed=request.seed,
         ignore_eos=request.ignore_eos,
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
     )
+
+
+def choice_params(params: SamplingParams, n: int) -> list[SamplingParams]:
+    """One SamplingParams per choice; with a seed, choice j samples with ``seed + j`` (repeatable, and
+    the choices differ). Without one each choice draws its own seed."""
+    if params.seed is None:
+        return [params] * n
+    return [dataclasses.replace(params, seed=(params.seed + j) % 2**63) for j in range(n)]

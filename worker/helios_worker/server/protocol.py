@@ -2,9 +2,23 @@
 
 The OpenAI part follows OpenAI's (legacy) completions and chat completions API; requests are
 strict about types (``"max_tokens": "5"`` is an error, not 5) and ignore fields we do not use
-(clients send many), but reject those whose non-default value we cannot honour (``n``,
-``logprobs``, ``echo``, ``best_of``) rather than silently ignore them. ``ignore_eos`` is a
-vLLM extension. Responses carry an extra ``helios`` object with the request's exit stats.
+(clients send many), but reject those whose value we cannot honour (``best_of`` other than
+``n``, more than ``MAX_TOP_LOGPROBS`` alternatives, more than ``MAX_CHOICES`` choices) rather
+than silently ignore them. ``ignore_eos`` is a vLLM extension.
+
+Logprobs (completions: ``logprobs: k``, legacy format; chat: ``logprobs: true`` with
+``top_logprobs: k``) are those of the distribution each token was chosen from: the LM head at
+the token's exit layer (with calibrated exits, on the translated state), before temperature and
+top-p, as vLLM reports them. Chat lists each token's ``k`` likeliest alternatives; a completion's
+``top_logprobs`` dict holds them and the token itself (as vLLM's). With ``echo`` the prompt's
+tokens come first, their logprobs from the prefill's states at the last loaded layer (the first
+token has none: ``null``); ``max_tokens: 0`` with ``echo`` scores the prompt alone
+(lm-evaluation-harness loglikelihood requests).
+
+``n`` choices per prompt (completions also take a list of prompts, choice ``index`` =
+prompt index x n + j) are separate engine requests; with a ``seed``, choice j samples with
+``seed + j``. Every choice carries its own ``helios`` exit stats; the response's ``helios``
+joins them in index order. Usage counts each prompt once and every choice's tokens.
 """
 
 from __future__ import annotations
@@ -13,7 +27,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from helios_worker.sampling import MAX_TOP_LOGPROBS
+
 MAX_STOP_STRINGS = 16
+MAX_CHOICES = 16  # n: more is a 400 (each choice is a sequence in the batch)
+# OpenAI's "very unlikely": JSON has no -inf, and a float32 logprob can underflow to it.
+MIN_LOGPROB = -9999.0
+
+TokenIds = list[Annotated[int, Field(ge=0)]]
 
 
 class _Request(BaseModel):
@@ -29,25 +50,10 @@ class _Sampling(_Request):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     seed: int | None = Field(default=None, ge=0, lt=2**63)
     stop: str | list[str] | None = Field(default=None, description="stop strings (not included in the text)")
-    n: int = Field(default=1, description="only 1 is supported")
+    n: int = Field(default=1, ge=1, le=MAX_CHOICES, description="choices per prompt")
     stream: bool = False
     ignore_eos: bool = Field(default=False, description="keep going past end-of-sequence (vLLM extension)")
-    logprobs: Any = Field(default=None, description="not supported")
     user: str | None = None
-
-    @field_validator("n")
-    @classmethod
-    def _only_one_choice(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError("only n=1 is supported")
-        return value
-
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, value: Any) -> Any:
-        if value not in (None, False, 0):
-            raise ValueError("logprobs are not supported")
-        return value
 
     @field_validator("stop")
     @classmethod
@@ -65,22 +71,21 @@ class _Sampling(_Request):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[Annotated[int, Field(ge=0)]] = Field(description="text, or a list of token ids")
-    echo: bool = Field(default=False, description="not supported")
-    best_of: int | None = Field(default=None, description="not supported")
-
-    @field_validator("echo")
-    @classmethod
-    def _no_echo(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("echo is not supported")
-        return value
+    prompt: str | list[str] | TokenIds | list[TokenIds] = Field(
+        description="text or token ids; a list of texts or of token id lists is a batch of prompts"
+    )
+    max_tokens: int | None = Field(default=None, ge=0, description="tokens to generate at most (0: needs echo)")
+    echo: bool = Field(default=False, description="prepend the prompt to the text (and its tokens to the logprobs)")
+    logprobs: int | None = Field(
+        default=None, ge=0, le=MAX_TOP_LOGPROBS, description="each token's logprob and this many alternatives"
+    )
+    best_of: int | None = Field(default=None, description="only n (or 1): choices are not ranked")
 
     @field_validator("best_of")
     @classmethod
-    def _no_best_of(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise ValueError("only best_of=1 is supported")
+    def _best_of_is_n(cls, value: int | None, info: Any) -> int | None:
+        if value not in (None, 1, info.data.get("n", 1)):
+            raise ValueError("only best_of equal to n (or 1) is supported: choices are not ranked")
         return value
 
 
@@ -103,6 +108,17 @@ class ChatMessage(_Request):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, description="newer name of max_tokens (wins)")
+    logprobs: bool | None = Field(default=False, description="each generated token's logprob")
+    top_logprobs: int | None = Field(
+        default=None, ge=0, le=MAX_TOP_LOGPROBS, description="alternatives per token (needs logprobs)"
+    )
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, value: int | None, info: Any) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return value
 
 
 # --- responses ----------------------------------------------------------------------------
@@ -120,24 +136,38 @@ class LayerChangeMark(BaseModel):
 
 
 class HeliosStats(BaseModel):
-    """Where this request's tokens left the network."""
+    """Where a choice's generated tokens left the network; the response's joins every choice's."""
 
     layers_loaded: int
     layers_total: int
     mean_exit_layer: float | None
     num_breaches: int = Field(description="tokens that reached the last loaded layer below the exit threshold")
-    exit_layers: list[int]
-    layer_changes: list[LayerChangeMark] = Field(default_factory=list)
+    exit_layers: list[int] = Field(
+        description="per generated token (echoed prompt tokens ran every loaded layer); choice by choice in index order"
+    )
+    layer_changes: list[LayerChangeMark] = Field(
+        default_factory=list, description="at_token indexes exit_layers: from there on, with this many layers"
+    )
 
 
 FinishReason = Literal["stop", "length", "abort"]
+
+
+class CompletionLogprobs(BaseModel):
+    """OpenAI's legacy logprobs: one entry per token, echoed prompt tokens first."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None] = Field(description="null for the first prompt token: nothing predicts it")
+    top_logprobs: list[dict[str, float] | None] = Field(description="the k likeliest and the token itself")
+    text_offset: list[int] = Field(description="where each token's text starts (token texts summed, as vLLM)")
 
 
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
+    helios: HeliosStats | None = None
 
 
 class CompletionResponse(BaseModel):
@@ -155,11 +185,26 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = Field(description="UTF-8 of the token's text")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob] = Field(description="the top_logprobs likeliest, likeliest first")
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
+    helios: HeliosStats | None = None
 
 
 class ChatCompletionResponse(BaseModel):
@@ -181,7 +226,8 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
+    helios: HeliosStats | None = Field(default=None, description="in the choice's finish chunk")
 
 
 class ChatCompletionChunk(BaseModel):

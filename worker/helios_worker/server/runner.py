@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from helios_worker.engine import Engine, RequestError
 from helios_worker.sampling import SamplingParams
-from helios_worker.stats import RequestOutput, StepStats, TokenStats
+from helios_worker.stats import RequestOutput, StepStats, TokenLogprobs, TokenStats
 
 logger = logging.getLogger("helios.runner")
 
@@ -51,6 +51,8 @@ class TokenEvent:
 
     token_ids: tuple[int, ...] = ()
     token_stats: tuple[TokenStats, ...] = ()
+    logprobs: tuple[TokenLogprobs, ...] = ()  # of token_ids, when the request asked for them
+    prompt_logprobs: tuple[TokenLogprobs | None, ...] | None = None  # in the first event, when asked for
     layer_change: tuple[int, int] | None = None  # (tokens generated so far, new layer count)
     finished: bool = False
     finish_reason: str | None = None
@@ -136,6 +138,7 @@ class _Tracked:
     output: RequestOutput
     deliver: Callable[[TokenEvent], None]
     num_sent: int = 0  # tokens already delivered
+    is_started: bool = False  # an event after the prefill went out (it carried the prompt's logprobs)
 
 
 @dataclass
@@ -264,11 +267,20 @@ class EngineRunner:
             tracked = self._tracked.get(output.request_id)
             if tracked is None:
                 continue
-            new_tokens = tuple(output.token_ids[tracked.num_sent :])
-            new_stats = tuple(output.token_stats[tracked.num_sent :])
-            tracked.num_sent = len(output.token_ids)
+            sent = tracked.num_sent
+            prompt_logprobs = None
+            if not tracked.is_started and output.prompt_logprobs is not None:
+                prompt_logprobs = tuple(output.prompt_logprobs)
+            tracked.num_sent, tracked.is_started = len(output.token_ids), True
             tracked.deliver(
-                TokenEvent(new_tokens, new_stats, finished=output.finished, finish_reason=output.finish_reason)
+                TokenEvent(
+                    tuple(output.token_ids[sent:]),
+                    tuple(output.token_stats[sent:]),
+                    tuple(output.logprobs[sent:]),
+                    prompt_logprobs,
+                    finished=output.finished,
+                    finish_reason=output.finish_reason,
+                )
             )
         self._callback(self.on_step, outputs, stats)
         for output in outputs:
