@@ -255,6 +255,110 @@ def test_deleted_and_edited_children_are_repaired_by_the_watch(
     assert runner.exception is None
 
 
+def mark_pod_status(k8s_api: K8sApi, pod: str, status: dict[str, Any]) -> None:
+    k8s_api.kubectl("patch", "pod", pod, "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}))
+
+
+EVICTED = {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory."}
+IMAGE_PULL = {
+    "phase": "Pending",
+    "containerStatuses": [
+        {"name": "worker", "restartCount": 0, "state": {"waiting": {"reason": "ImagePullBackOff", "message": "no"}}}
+    ],
+}
+CRASH_LOOP = {
+    "phase": "Running",
+    "containerStatuses": [
+        {
+            "name": "worker",
+            "restartCount": 4,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+        }
+    ],
+}
+UNSCHEDULABLE = {
+    "phase": "Pending",
+    "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes have a GPU"}
+    ],
+}
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    ("broken", "expected"),
+    [
+        (EVICTED, "pod Evicted: The node was low on resource: memory."),
+        (IMAGE_PULL, "container worker: ImagePullBackOff"),
+        (CRASH_LOOP, "CrashLoopBackOff after 4 restarts (last: OOMKilled)"),
+        (UNSCHEDULABLE, "no report within 3s (unschedulable: 0/3 nodes have a GPU)"),
+        ("model not found", "the worker reported: model not found"),
+    ],
+    ids=["evicted", "image-pull", "crash-loop", "unschedulable-past-deadline", "worker-failed"],
+)
+def test_a_broken_candidate_is_dropped_and_the_good_one_serves(
+    k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers, broken: Any, expected: str
+) -> None:
+    manifest = heliosdeployment()
+    manifest["spec"]["evaluation"]["timeout"] = "3s"
+    with operator(HANDLERS, namespace="default") as runner:
+        k8s_api.apply(yaml.safe_dump(manifest))
+        wait_for_eval_pods(k8s_api)
+        play_kubelet(k8s_api, f"{NAME}-eval-1-alpha", fakes.start(reports=[make_report("alpha")]))
+        if isinstance(broken, str):
+            play_kubelet(k8s_api, f"{NAME}-eval-1-beta", fakes.start(evaluation_failure=broken))
+        else:
+            mark_pod_status(k8s_api, f"{NAME}-eval-1-beta", broken)
+        status = wait_for_phase(k8s_api, "Serving")
+        assert status["currentModel"] == "alpha"
+        [failure] = status["failedCandidates"]
+        assert failure["name"] == "beta" and expected in failure["reason"], failure
+        report = k8s_api.kubectl_json("get", "heliosstatus", NAME)["status"]
+        assert report["failedCandidates"][0]["reason"] == failure["reason"]
+        events = k8s_api.kubectl_json("get", "events")["items"]
+        assert any(e["reason"] == "CandidateFailed" and "beta" in e["message"] for e in events)
+    assert runner.exception is None
+
+
+@pytest.mark.timeout(60)
+def test_every_candidate_failing_is_a_condition_naming_each_cause(
+    k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers
+) -> None:
+    with operator(HANDLERS, namespace="default") as runner:
+        k8s_api.apply(yaml.safe_dump(heliosdeployment()))
+        wait_for_eval_pods(k8s_api)
+        mark_pod_status(k8s_api, f"{NAME}-eval-1-alpha", EVICTED)
+        mark_pod_status(k8s_api, f"{NAME}-eval-1-beta", IMAGE_PULL)
+        status = wait_for_phase(k8s_api, "Failed")
+        evaluated = next(c for c in status["conditions"] if c["type"] == "Evaluated")
+        assert evaluated["reason"] == "AllCandidatesFailed"
+        assert "alpha: pod Evicted" in evaluated["message"] and "beta: container worker: ImagePullBackOff" in (
+            evaluated["message"]
+        )
+    assert runner.exception is None
+
+
+@pytest.mark.timeout(60)
+def test_an_evaluation_pod_is_replaced_when_its_spec_changes(
+    k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers
+) -> None:
+    with operator(HANDLERS, namespace="default") as runner:
+        k8s_api.apply(yaml.safe_dump(heliosdeployment()))
+        wait_for_eval_pods(k8s_api)
+        old_uid = k8s_api.kubectl_json("get", "pod", f"{NAME}-eval-1-beta")["metadata"]["uid"]
+        patch = {"spec": {"worker": {"image": "example.com/helios-worker:fixed"}}}
+        k8s_api.kubectl("patch", "hd", NAME, "--type=merge", "-p", json.dumps(patch))
+
+        def replaced() -> bool:
+            pod = k8s_api.kubectl_json("get", "pod", f"{NAME}-eval-1-beta")
+            return pod["metadata"]["uid"] != old_uid and pod["spec"]["containers"][0]["image"].endswith(":fixed")
+
+        wait_for(replaced, "the evaluation pod to be replaced with the new image")
+        assert hd_status(k8s_api)["evaluationRound"] == 1  # the same round, not a new one
+    assert runner.exception is None
+
+
 @pytest.mark.timeout(90)
 def test_restart_mid_evaluation_converges_without_duplicates(
     k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers

@@ -27,6 +27,14 @@ from helios_operator.spec import (
 HELIOS_STATUS_KIND = "HeliosStatus"
 
 
+class CandidateFailure(SpecModel):
+    """A candidate dropped from an evaluation round, and why."""
+
+    name: str = Field(description="Candidate name.")
+    reason: str = Field(description="What failed: the pod's or container's state, the worker's report or the deadline.")
+    spec_hash: str | None = Field(default=None, description="Hash of the pod spec that failed; a new spec retries.")
+
+
 class OperatorStatus(HeliosDeploymentStatus):
     """The HeliosDeployment status as the operator writes it."""
 
@@ -40,6 +48,10 @@ class OperatorStatus(HeliosDeploymentStatus):
     )
     evaluation_round: int = Field(default=0, ge=0, description="Number of the latest candidate evaluation.")
     evaluation_pending: bool = Field(default=False, description="Whether that evaluation is still running.")
+    evaluation_started_at: datetime | None = Field(default=None, description="When that evaluation started.")
+    failed_candidates: list[CandidateFailure] = Field(
+        default_factory=list, max_length=MAX_CANDIDATES, description="Candidates that failed that evaluation."
+    )
 
 
 class CandidateEvaluation(SpecModel):
@@ -83,6 +95,9 @@ class HeliosStatusReport(SpecModel):
     evaluated_at: datetime | None = Field(default=None, description="When the candidates were last evaluated.")
     candidates: list[CandidateEvaluation] = Field(
         default_factory=list, max_length=MAX_CANDIDATES, description="The last candidate evaluation table."
+    )
+    failed_candidates: list[CandidateFailure] = Field(
+        default_factory=list, max_length=MAX_CANDIDATES, description="Candidates the last evaluation dropped, and why."
     )
     telemetry: TelemetrySummary | None = Field(default=None, description="Live telemetry at the last scrape.")
     last_decision: DecisionSummary | None = Field(default=None, description="Most recent decision.")

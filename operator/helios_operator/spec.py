@@ -224,6 +224,15 @@ class EvaluationSpec(SpecModel):
         gt=0.0,
         description="Also re-evaluate after this long, e.g. '30m'. Unset: requests only.",
     )
+    timeout: Duration = Field(
+        default="10m",
+        validate_default=True,
+        gt=0.0,
+        description="Deadline of an evaluation round, e.g. '10m': a candidate without a report by then (its pod "
+        "unschedulable, pulling, crash-looping or slow) is dropped from the round with the reason; pods that fail "
+        "(Failed, Evicted, ImagePullBackOff, CrashLoopBackOff past a few restarts, the worker reporting failure) are "
+        "dropped at once.",
+    )
 
 
 class ShadowSpec(SpecModel):

@@ -1,24 +1,37 @@
-"""Evaluation rounds (HELIOS step 2): one pod per candidate, polled until every report is in.
+"""Evaluation rounds (HELIOS step 2): one pod per candidate, polled until every candidate has a
+report or has failed.
 
-A pod whose evaluation failed keeps running and answering ``failed`` with its reason (a
-restart would only repeat it); the round waits, and its progress message, which becomes the
-``Evaluated`` condition's message, says which candidate failed and why.
+A candidate fails, and the round goes on without it, when its pod fails, is evicted, cannot
+pull or create its container, crash-loops (``k8s.pod_health``), when its worker reports that
+the evaluation failed, or when it has no report by the round's deadline
+(``spec.evaluation.timeout``). Each failure is kept in ``status.failedCandidates`` with its
+reason and announced by an Event; selection runs among the candidates that reported.
 
 A round is numbered (``status.evaluationRound``) and its pods carry the number in name and
 labels, so a restarted operator finds the pods of the round in progress instead of making new
-ones, and a new round never collides with a terminating old pod.
+ones, and a new round never collides with a terminating old pod. Each pod carries the hash of
+its spec: a pod whose spec HELIOS would now write differently (a new image, new resources) is
+replaced, and a candidate that failed is tried again once its pod spec changes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
 
+from helios_contracts.candidate import Candidate
 from helios_contracts.reports import EvaluationReport
-from helios_operator.k8s import manifests, workers
+from helios_operator.k8s import manifests, pod_health, workers
 from helios_operator.k8s.context import Context
 from helios_operator.k8s.manifests import LABEL_CANDIDATE
 from helios_operator.spec import HeliosDeploymentSpec
+
+SPEC_HASH_ANNOTATION = "helios.dev/spec-hash"
+EVAL_PROMPTS_ENV = "HELIOS_EVAL_PROMPTS"  # manifests.build_evaluation_pod sets it
 
 
 async def spec_prompts(ctx: Context) -> list[str]:
@@ -38,8 +51,38 @@ def start_round(ctx: Context, why: str) -> int:
     round_ = int(ctx.status.get("evaluationRound") or 0) + 1
     ctx.status["evaluationRound"] = round_
     ctx.status["evaluationPending"] = True
+    ctx.status["evaluationStartedAt"] = ctx.now.isoformat()
+    ctx.status["failedCandidates"] = []
     ctx.event("Normal", "Evaluating", f"evaluation round {round_} of {len(ctx.spec.candidates)} candidates: {why}")
     return round_
+
+
+def spec_hash(pod: Mapping[str, Any]) -> str:
+    """The pod spec's hash, prompts aside: a round's prompts are its own (after a restart a reassessment
+    round's recent-traffic prompts are no longer known), not a reason to replace its pods."""
+    spec = json.loads(json.dumps(pod["spec"]))
+    for container in spec["containers"]:
+        container["env"] = [e for e in container.get("env", []) if e.get("name") != EVAL_PROMPTS_ENV]
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _desired_pod(ctx: Context, candidate: Candidate, round_: int, prompts: list[str]) -> dict[str, Any]:
+    pod = manifests.build_evaluation_pod(ctx.body, ctx.spec, candidate, round_, prompts, ctx.config.worker_image)
+    pod["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = spec_hash(pod)
+    return pod
+
+
+def _fail(ctx: Context, failed: dict[str, dict[str, str]], name: str, reason: str, pod_hash: str) -> None:
+    failed[name] = {"name": name, "reason": reason, "specHash": pod_hash}
+    ctx.event("Warning", "CandidateFailed", f"evaluation of {name} failed: {reason}")
+
+
+def _round_age_seconds(ctx: Context) -> float:
+    started = ctx.status.get("evaluationStartedAt")
+    if not started:
+        ctx.status["evaluationStartedAt"] = ctx.now.isoformat()  # a round from before deadlines existed
+        return 0.0
+    return (ctx.now - datetime.fromisoformat(started)).total_seconds()
 
 
 def normalise(report: EvaluationReport, spec: HeliosDeploymentSpec, pod_candidate: str) -> EvaluationReport:
@@ -52,19 +95,38 @@ def normalise(report: EvaluationReport, spec: HeliosDeploymentSpec, pod_candidat
 
 
 async def poll_round(ctx: Context, round_: int, prompts: list[str]) -> tuple[list[EvaluationReport] | None, str]:
-    """Make sure the round's pods exist and collect reports: (all of them or None, progress message)."""
+    """Keep the round's pods as HELIOS wants them and collect reports.
+
+    Returns (the reports of the candidates that did not fail, or None while any is still
+    running; a progress message). An empty list means every candidate failed.
+    """
     selector = manifests.evaluation_selector(ctx.name, round_)
-    pods = {p["metadata"]["labels"].get(LABEL_CANDIDATE): p for p in await ctx.list("Pod", selector)}
+    live = {p["metadata"]["labels"].get(LABEL_CANDIDATE): p for p in await ctx.list("Pod", selector)}
+    failed = {f["name"]: f for f in ctx.status.get("failedCandidates") or []}
+    hashes: dict[str, str] = {}
     for candidate in ctx.spec.candidates:
-        if candidate.name not in pods:
-            pod = manifests.build_evaluation_pod(
-                ctx.body, ctx.spec, candidate, round_, prompts, ctx.config.worker_image
-            )
+        pod = _desired_pod(ctx, candidate, round_, prompts)
+        name, wanted = candidate.name, pod["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+        hashes[name] = wanted
+        if name in failed and failed[name].get("specHash") != wanted:
+            del failed[name]  # its pod spec changed since it failed: try again
+        if name in failed:
+            continue
+        current = live.get(name)
+        if current is not None and (current["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION) != wanted:
+            await asyncio.to_thread(ctx.kube.delete, "Pod", ctx.namespace, current["metadata"]["name"])
+            ctx.event("Normal", "EvaluationPodReplaced", f"{name}: its pod spec changed; replacing the pod")
+            live.pop(name)
+            continue  # the old pod terminates first (same name); the next poll creates the new one
+        if current is None:
             await ctx.apply(pod)
+        elif why := pod_health.failure(current):
+            _fail(ctx, failed, name, why, wanted)
     ready = {
         name: url
-        for name, pod in pods.items()
-        if name is not None
+        for name, pod in live.items()
+        if name in hashes
+        and name not in failed
         and workers.is_ready(pod)
         and (url := workers.endpoint(pod, ctx.config.worker_port, ctx.config.allow_endpoint_annotation))
     }
@@ -73,24 +135,40 @@ async def poll_round(ctx: Context, round_: int, prompts: list[str]) -> tuple[lis
     )
     reports: dict[str, EvaluationReport] = {}
     problems: list[str] = []
-    failures: list[str] = []
     for candidate, result in zip(ready, results, strict=True):
         if isinstance(result, BaseException):
             problems.append(f"{candidate}: {result}")
         elif result.status == "failed":
-            failures.append(f"{candidate}: {result.reason or 'no reason given'}")
+            _fail(
+                ctx, failed, candidate, f"the worker reported: {result.reason or 'no reason given'}", hashes[candidate]
+            )
         elif result.status == "done":
             for report in result.reports:
                 normalised = normalise(report, ctx.spec, candidate)
                 reports[normalised.model] = normalised
-    waiting = sorted(c.name for c in ctx.spec.candidates if c.name not in reports)
+    waiting = [c.name for c in ctx.spec.candidates if c.name not in reports and c.name not in failed]
+    timeout = ctx.spec.evaluation.timeout
+    if waiting and _round_age_seconds(ctx) > timeout:
+        for name in waiting:
+            _fail(
+                ctx,
+                failed,
+                name,
+                f"no report within {timeout:g}s ({pod_health.pending_reason(live.get(name))})",
+                hashes[name],
+            )
+        waiting = []
+    ctx.status["failedCandidates"] = [failed[c.name] for c in ctx.spec.candidates if c.name in failed]
+    failures = "; ".join(f"{name}: {f['reason']}" for name, f in failed.items())
     if not waiting:
-        return [reports[c.name] for c in ctx.spec.candidates], f"round {round_}: all reports in"
+        done = [reports[c.name] for c in ctx.spec.candidates if c.name in reports]
+        message = f"round {round_}: {len(done)} of {len(ctx.spec.candidates)} reports in"
+        return done, message + (f"; failed: {failures}" if failures else "")
     message = (
         f"round {round_}: {len(reports)} of {len(ctx.spec.candidates)} reports in; waiting for {', '.join(waiting)}"
     )
     if failures:
-        message += f"; evaluation failed for {'; '.join(failures)}"
+        message += f"; failed: {failures}"
     if problems:
         message += f" (will retry: {'; '.join(problems)})"
     return None, message

@@ -111,6 +111,11 @@ async def initial_evaluation(ctx: Context) -> float | None:
         condition(ctx, EVALUATED, "False", "Evaluating", message)
         return ctx.config.evaluation_poll_seconds
     await evaluation.finish_round(ctx, round_, reports)
+    if not reports:
+        status["phase"] = "Failed"
+        condition(ctx, EVALUATED, "False", "AllCandidatesFailed", message)
+        ctx.event("Warning", "AllCandidatesFailed", message)
+        return None
     try:
         decision = select(reports, ctx.spec, ctx.spec.memory_budget, ctx.now)
     except ValueError as error:
@@ -228,10 +233,14 @@ async def continue_reassessment(ctx: Context, pods: list[dict]) -> None:
     if reports is None:
         condition(ctx, EVALUATED, "False", "Reassessing", message)
         return
+    state = current_state(ctx)
+    # A candidate that failed this round keeps no say, except the one being served: it is running,
+    # so its last report stands until a round measures it again.
+    if state.model not in {r.model for r in reports}:
+        reports = [*reports, state.report]
     await evaluation.finish_round(ctx, round_, reports)
     runtime.round_prompts = None
     condition(ctx, EVALUATED, "True", "Evaluated", message)
-    state = current_state(ctx)
     try:
         decision = reselect(state, reports, ctx.spec, ctx.now)
     except ValueError as error:

@@ -83,6 +83,7 @@ def helios_status_report(
         model=status.get("currentModel"),
         layers=status.get("layers"),
         candidates=table,
+        failed_candidates=status.get("failedCandidates", []),
         last_decision=status.get("lastDecision"),
         decision_history=status.get("decisionHistory", []),
         **extra,
