@@ -94,7 +94,7 @@ def test_model_volume_and_token_follow_the_spec() -> None:
     cache = make_spec(worker={"modelVolume": {"cacheSizeLimit": "20Gi"}, "image": "mine:2"})
     deployment = manifests.build_deployment(OWNER, cache, cache.candidates[0], 1, "img")
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["models"]["emptyDir"] == {"sizeLimit": str(20 * 2**30)}
+    assert volumes["models"]["emptyDir"] == {"sizeLimit": "20Gi"}
     assert container(deployment)["image"] == "mine:2" and "tolerations" not in deployment["spec"]["template"]["spec"]
 
 

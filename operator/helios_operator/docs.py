@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator
+from pydantic import BaseModel, BeforeValidator, WithJsonSchema
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
@@ -46,6 +46,14 @@ def _unit(metadata: list[Any]) -> str | None:
     return None
 
 
+def _is_kept_as_given(metadata: list[Any]) -> bool:
+    """A Kubernetes object the CRD stores as given (x-kubernetes-preserve-unknown-fields)."""
+    return any(
+        isinstance(item, WithJsonSchema) and (item.json_schema or {}).get("x-kubernetes-preserve-unknown-fields")
+        for item in metadata
+    )
+
+
 def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         yield annotation
@@ -61,6 +69,8 @@ def _type(annotation: Any, metadata: list[Any], anchors: dict[type[BaseModel], s
         return _type(base, [*extra, *metadata], anchors)
     if unit := _unit(metadata):
         return unit
+    if _is_kept_as_given(metadata):
+        return "Kubernetes object"
     if origin in (typing.Union, types.UnionType):
         options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
         return " or ".join(_type(option, metadata, anchors) for option in options)

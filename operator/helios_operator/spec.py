@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from helios_contracts.candidate import Candidate, SpecModel
+from helios_operator.podtemplate import ExtraVolumeMount, PodTemplate
 
 API_GROUP = "helios.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
@@ -363,6 +364,38 @@ class WorkerSpec(SpecModel):
     hf_token_secret_ref: SecretKeyRef | None = Field(
         default=None, description="Secret with a Hugging Face token for gated models."
     )
+    # PyTorch (DataLoader workers, NCCL, CUDA IPC) needs more shared memory than the 64 MB a
+    # container runtime gives /dev/shm by default; too little fails with "bus error" or hangs.
+    shm_size: Quantity = Field(
+        default="1Gi",
+        validate_default=True,
+        description="sizeLimit of the memory-backed (medium: Memory) emptyDir mounted at /dev/shm in the "
+        "worker container; it counts against the container's memory limit. 0: no such volume (the "
+        "container runtime's 64 MB /dev/shm).",
+    )
+    volume_mounts: list[ExtraVolumeMount] = Field(
+        default_factory=list,
+        description="Mounts of podTemplate.spec.volumes in the worker container, after HELIOS's own.",
+    )
+    pod_template: PodTemplate = Field(
+        default_factory=PodTemplate,
+        description="Overlay merged onto every pod HELIOS generates (evaluation pods and the serving "
+        "Deployment's pod template): lists (tolerations, topologySpreadConstraints, imagePullSecrets, "
+        "volumes, containers, initContainers) are appended after HELIOS's entries; maps (nodeSelector, "
+        "labels, annotations) are merged, HELIOS's selector labels cannot be overridden; single values "
+        "(affinity, runtimeClassName, priorityClassName, schedulerName) are set; securityContext is "
+        "merged key by key.",
+    )
+
+    @model_validator(mode="after")
+    def _mounts_name_overlay_volumes(self) -> WorkerSpec:
+        volumes = {volume.name for volume in self.pod_template.spec.volumes}
+        for number, mount in enumerate(self.volume_mounts):
+            if mount.name not in volumes:
+                raise ValueError(
+                    f"volumeMounts[{number}].name: {mount.name!r} is not a volume of podTemplate.spec.volumes"
+                )
+        return self
 
 
 class HeliosDeploymentSpec(SpecModel):

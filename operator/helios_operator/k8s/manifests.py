@@ -17,6 +17,17 @@ from helios_contracts.memory_model import MAX_NUM_SEQS
 from helios_contracts.model_uris import PVC_ROOT, split_pvc
 from helios_contracts.reports import EvaluationReport
 from helios_operator.heliosstatus import HELIOS_STATUS_KIND, HeliosStatusReport
+from helios_operator.k8s.overlay import overlay_pod
+from helios_operator.podtemplate import (
+    MODEL_MOUNT,
+    MODELS_VOLUME,
+    SHM_MOUNT,
+    SHM_VOLUME,
+    TMP_MOUNT,
+    TMP_VOLUME,
+    WORKER_CONTAINER,
+    claim_volume_name,
+)
 from helios_operator.spec import API_VERSION, Candidate, HeliosDeploymentSpec
 
 Manifest = dict[str, Any]
@@ -31,7 +42,6 @@ ROLE_SERVE = "serve"
 ROLE_EVALUATE = "evaluate"
 ENDPOINT_ANNOTATION = "helios.dev/endpoint"
 GPU_RESOURCE = "nvidia.com/gpu"
-MODEL_MOUNT = "/models"
 REPORTS_KEY = "reports.json"
 # Loading weights (or downloading them) can take long; the startup probe allows 30 minutes.
 STARTUP_PERIOD_SECONDS = 10
@@ -155,26 +165,55 @@ def model_claims(spec: HeliosDeploymentSpec) -> list[str]:
     return claims
 
 
+_BINARY_SUFFIXES = (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10))
+_DECIMAL_SUFFIXES = (("E", 10**18), ("P", 10**15), ("T", 10**12), ("G", 10**9), ("M", 10**6), ("k", 10**3))
+
+
+def quantity_text(num_bytes: int) -> str:
+    """Bytes as a quantity in the API server's canonical form: 2**30 -> '1Gi', 2*10**9 -> '2G'.
+
+    The server re-serialises every quantity it stores (the largest suffix that divides exactly,
+    in the spelling's own base), so any other spelling would read back as drift on every pass.
+    """
+    spellings = [str(num_bytes)]
+    for suffixes in (_BINARY_SUFFIXES, _DECIMAL_SUFFIXES):
+        exact = [(suffix, factor) for suffix, factor in suffixes if num_bytes and num_bytes % factor == 0]
+        spellings += [f"{num_bytes // factor}{suffix}" for suffix, factor in exact[:1]]
+    return min(spellings, key=len)
+
+
 def _volumes(spec: HeliosDeploymentSpec) -> list[Manifest]:
     volume = spec.worker.model_volume
     if volume.claim_name is not None:
-        models: Manifest = {"name": "models", "persistentVolumeClaim": {"claimName": volume.claim_name}}
+        models: Manifest = {"name": MODELS_VOLUME, "persistentVolumeClaim": {"claimName": volume.claim_name}}
     else:
-        empty: Manifest = {} if volume.cache_size_limit is None else {"sizeLimit": str(volume.cache_size_limit)}
-        models = {"name": "models", "emptyDir": empty}
+        size = volume.cache_size_limit
+        empty: Manifest = {} if size is None else {"sizeLimit": quantity_text(size)}
+        models = {"name": MODELS_VOLUME, "emptyDir": empty}
     claims = [
-        {"name": f"pvc-{number}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        {"name": claim_volume_name(number), "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
         for number, claim in enumerate(model_claims(spec))
     ]
-    return [models, {"name": "tmp", "emptyDir": {}}, *claims]
+    # PyTorch needs more shared memory than the container runtime's 64 MB /dev/shm (see WorkerSpec.shm_size).
+    shm = [{"name": SHM_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": quantity_text(spec.worker.shm_size)}}]
+    return [models, {"name": TMP_VOLUME, "emptyDir": {}}, *(shm if spec.worker.shm_size else []), *claims]
 
 
 def _claim_mounts(spec: HeliosDeploymentSpec) -> list[Manifest]:
     """Each pvc:// claim at PVC_ROOT/CLAIM, where the worker resolves pvc://CLAIM/PATH."""
     return [
-        {"name": f"pvc-{number}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
+        {"name": claim_volume_name(number), "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}
         for number, claim in enumerate(model_claims(spec))
     ]
+
+
+def _worker_mounts(spec: HeliosDeploymentSpec) -> list[Manifest]:
+    """HELIOS's mounts, then the user's (worker.volumeMounts, of podTemplate volumes)."""
+    is_read_only = spec.worker.model_volume.claim_name is not None
+    models = {"name": MODELS_VOLUME, "mountPath": MODEL_MOUNT, "readOnly": is_read_only}
+    shm = [{"name": SHM_VOLUME, "mountPath": SHM_MOUNT}] if spec.worker.shm_size else []
+    user = [mount.model_dump(mode="json", by_alias=True, exclude_defaults=True) for mount in spec.worker.volume_mounts]
+    return [models, {"name": TMP_VOLUME, "mountPath": TMP_MOUNT}, *shm, *_claim_mounts(spec), *user]
 
 
 def _probe(path: str, period: int, failures: int) -> Manifest:
@@ -184,7 +223,7 @@ def _probe(path: str, period: int, failures: int) -> Manifest:
 def worker_pod_spec(spec: HeliosDeploymentSpec, image: str, env: list[Manifest], restart: str) -> Manifest:
     """A hardened worker pod: non-root, read-only root filesystem with a writable /tmp, no capabilities."""
     container: Manifest = {
-        "name": "worker",
+        "name": WORKER_CONTAINER,
         "image": spec.worker.image or image,
         "command": ["helios-worker", "serve"],
         "ports": [{"name": "http", "containerPort": 8000, "protocol": "TCP"}],
@@ -193,11 +232,7 @@ def worker_pod_spec(spec: HeliosDeploymentSpec, image: str, env: list[Manifest],
         "startupProbe": _probe("/health", STARTUP_PERIOD_SECONDS, STARTUP_FAILURE_THRESHOLD),
         "readinessProbe": _probe("/ready", 5, 3),
         "livenessProbe": _probe("/health", 10, 3),
-        "volumeMounts": [
-            {"name": "models", "mountPath": MODEL_MOUNT, "readOnly": spec.worker.model_volume.claim_name is not None},
-            {"name": "tmp", "mountPath": "/tmp"},
-            *_claim_mounts(spec),
-        ],
+        "volumeMounts": _worker_mounts(spec),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -248,12 +283,12 @@ def build_evaluation_pod(
         "HELIOS_EVAL_PROMPTS": json.dumps(list(prompts)[: spec.evaluation.prompts_per_candidate]),
         "HELIOS_MAX_NEW_TOKENS": str(spec.evaluation.max_new_tokens),
     }
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": _metadata(evaluation_pod_name(deployment, round_, candidate.name), owner, labels),
-        "spec": worker_pod_spec(spec, image, worker_env(spec, candidate, extra), restart="OnFailure"),
-    }
+    pod = overlay_pod(
+        _metadata(evaluation_pod_name(deployment, round_, candidate.name), owner, labels),
+        worker_pod_spec(spec, image, worker_env(spec, candidate, extra), restart="OnFailure"),
+        spec.worker.pod_template,
+    )
+    return {"apiVersion": "v1", "kind": "Pod", **pod}
 
 
 def build_deployment(
@@ -286,10 +321,11 @@ def build_deployment(
             "selector": {"matchLabels": selector},
             # A new pod joins before an old one leaves, so a model switch drops no requests.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {
-                "metadata": {"labels": template_labels},
-                "spec": worker_pod_spec(spec, image, worker_env(spec, candidate, extra), restart="Always"),
-            },
+            "template": overlay_pod(
+                {"labels": template_labels},
+                worker_pod_spec(spec, image, worker_env(spec, candidate, extra), restart="Always"),
+                spec.worker.pod_template,
+            ),
         },
     }
 
