@@ -40,8 +40,8 @@ def heliosdeployment(**monitoring: Any) -> dict[str, Any]:
             "accuracy": {"minAgreement": 0.9},
             "evaluation": {"prompts": {"inline": ["Hello", "Why is the sky blue?"]}},
             "monitoring": {
-                "interval": 0.4,
-                "staleAfter": 1.5,
+                "interval": "400ms",
+                "staleAfter": "1500ms",
                 "cooldown": 0,
                 "breachWindowTokens": 20,
                 "maxBreaches": 5,
@@ -244,8 +244,10 @@ def test_deleted_and_edited_children_are_repaired_by_the_watch(
         edit = {"spec": {"template": {"spec": {"containers": [{"name": "worker", "image": "evil:latest"}]}}}}
         k8s_api.kubectl("patch", "deployment", NAME, "--type=strategic", "-p", json.dumps(edit))
         wait_for(
-            lambda: k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["template"]["spec"]["containers"][0]["image"]
-            == template["spec"]["containers"][0]["image"],
+            lambda: (
+                k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["template"]["spec"]["containers"][0]["image"]
+                == template["spec"]["containers"][0]["image"]
+            ),
             "the image edit to be reverted",
             timeout=10,
         )
@@ -333,8 +335,9 @@ def test_every_candidate_failing_is_a_condition_naming_each_cause(
         status = wait_for_phase(k8s_api, "Failed")
         evaluated = next(c for c in status["conditions"] if c["type"] == "Evaluated")
         assert evaluated["reason"] == "AllCandidatesFailed"
-        assert "alpha: pod Evicted" in evaluated["message"] and "beta: container worker: ImagePullBackOff" in (
-            evaluated["message"]
+        assert (
+            "alpha: pod Evicted" in evaluated["message"]
+            and "beta: container worker: ImagePullBackOff" in (evaluated["message"])
         )
     assert runner.exception is None
 
@@ -356,6 +359,41 @@ def test_an_evaluation_pod_is_replaced_when_its_spec_changes(
 
         wait_for(replaced, "the evaluation pod to be replaced with the new image")
         assert hd_status(k8s_api)["evaluationRound"] == 1  # the same round, not a new one
+    assert runner.exception is None
+
+
+@pytest.mark.timeout(60)
+def test_editing_the_objective_reselects_without_a_new_evaluation(
+    k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers
+) -> None:
+    with operator(HANDLERS, namespace="default") as runner:
+        k8s_api.apply(yaml.safe_dump(heliosdeployment()))
+        wait_for_eval_pods(k8s_api)
+        evaluate(k8s_api, fakes)
+        first = wait_for_phase(k8s_api, "Serving")
+        assert first["observedGeneration"] == 1
+        k8s_api.kubectl("patch", "hd", NAME, "--type=merge", "-p", json.dumps({"spec": {"objective": "latency"}}))
+        decision = wait_for(
+            lambda: next(
+                (
+                    d
+                    for d in hd_status(k8s_api)["decisionHistory"]
+                    if d["reason"].startswith("spec changed (objective)")
+                ),
+                None,
+            ),
+            "a decision for the new objective",
+        )
+        assert decision["kind"] == "select" and "lowest time per token" in decision["reason"]
+        status = wait_for(lambda: (s := hd_status(k8s_api))["observedGeneration"] == 2 and s, "generation 2 acted on")
+        assert status["evaluationRound"] == 1 and not status.get("evaluationPending")
+        assert not names(k8s_api, "pods", "-l", "helios.dev/role=evaluate")
+
+        # What evaluation measures changed: a new round, while the current model keeps serving.
+        patch = {"spec": {"evaluation": {"maxNewTokens": 16}}}
+        k8s_api.kubectl("patch", "hd", NAME, "--type=merge", "-p", json.dumps(patch))
+        wait_for_eval_pods(k8s_api, round_=2)
+        assert hd_status(k8s_api)["currentModel"] == "alpha"  # still served while round 2 runs
     assert runner.exception is None
 
 
@@ -388,6 +426,74 @@ def test_restart_mid_evaluation_converges_without_duplicates(
     assert names(k8s_api, "deployment") == [NAME] and names(k8s_api, "service") == [NAME]
     assert names(k8s_api, "heliosstatus") == [NAME] and names(k8s_api, "pods") == [f"{NAME}-w1"]
     assert runner.exception is None and second.exception is None
+
+
+@pytest.mark.timeout(90)
+def test_a_restart_mid_storm_keeps_the_breach_window_and_cooldown(
+    k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers
+) -> None:
+    def scraped_at() -> str:
+        return k8s_api.kubectl_json("get", "heliosstatus", NAME)["status"]["telemetry"]["observedAt"]
+
+    with operator(HANDLERS, namespace="default"):
+        k8s_api.apply(yaml.safe_dump(heliosdeployment()))
+        wait_for_eval_pods(k8s_api)
+        evaluate(k8s_api, fakes)
+        wait_for_phase(k8s_api, "Serving")
+        worker = start_serving_pod(k8s_api, fakes, f"{NAME}-w1")
+        wait_for(scraped_at, "a first scrape")
+        worker.generate(tokens=10, breaches=4)  # 4 of at most 5 breaches in a 20-token window: no storm yet
+        kept = wait_for(
+            lambda: (p := hd_status(k8s_api).get("policyState")) and p["breaches"]["hits"] == 4 and p,
+            "the window in status",
+        )
+    history = hd_status(k8s_api)["decisionHistory"]
+    with operator(HANDLERS, namespace="default") as runner:
+        before = scraped_at()
+        wait_for(lambda: scraped_at() != before, "the restarted operator to scrape")
+        restored = hd_status(k8s_api)["policyState"]
+        assert restored["lastChangeAt"] == kept["lastChangeAt"]  # the cooldown runs from the same change
+        assert restored["breaches"]["hits"] == 4 and hd_status(k8s_api)["decisionHistory"] == history
+        worker.generate(tokens=5, breaches=2)  # 6 breaches in the kept window: a storm only if it was kept
+        decision = wait_for(
+            lambda: (d := hd_status(k8s_api)["lastDecision"])["kind"] in ("add_layers", "switch_model") and d,
+            "the storm's decision",
+        )
+        assert "6 breaches in the last 15 tokens" in decision["reason"]
+    assert runner.exception is None
+
+
+@pytest.mark.timeout(90)
+def test_a_round_whose_status_patch_was_lost_is_not_run_again(
+    k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers
+) -> None:
+    with operator(HANDLERS, namespace="default"):
+        k8s_api.apply(yaml.safe_dump(heliosdeployment()))
+        wait_for_eval_pods(k8s_api)
+        evaluate(k8s_api, fakes)
+        wait_for_phase(k8s_api, "Serving")
+        wait_for(lambda: not names(k8s_api, "pods", "-l", "helios.dev/role=evaluate"), "evaluation pods to go")
+    # The operator stopped after storing round 1's reports and deleting its pods, before the status
+    # said so: the status still reads "round 1 pending".
+    lost = {
+        "phase": "Evaluating",
+        "evaluationPending": True,
+        "currentModel": None,
+        "currentLayers": None,
+        "lastDecision": None,
+        "decisionHistory": [],
+        "policyState": None,
+    }
+    k8s_api.kubectl("patch", "hd", NAME, "--subresource=status", "--type=merge", "-p", json.dumps({"status": lost}))
+    with operator(HANDLERS, namespace="default") as runner:
+        status = wait_for_phase(k8s_api, "Serving")
+        assert status["evaluationRound"] == 1 and status["currentModel"] == "alpha"
+        assert "finished before the operator restarted" in next(
+            c["message"] for c in status["conditions"] if c["type"] == "Evaluated"
+        )
+        time.sleep(1.0)  # a few passes: none may start round 1's pods again
+        assert not names(k8s_api, "pods", "-l", "helios.dev/role=evaluate")
+    assert runner.exception is None
 
 
 @pytest.mark.timeout(60)

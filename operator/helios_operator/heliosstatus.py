@@ -35,6 +35,34 @@ class CandidateFailure(SpecModel):
     spec_hash: str | None = Field(default=None, description="Hash of the pod spec that failed; a new spec retries.")
 
 
+class WindowTotals(SpecModel):
+    """A sliding window's totals (the breach or shadow window, collapsed to one entry)."""
+
+    tokens: float = Field(ge=0.0, description="Tokens in the window.")
+    hits: float = Field(ge=0.0, description="Breaches (breach window) or full-depth matches (shadow window).")
+    exit_histogram: list[float] = Field(default_factory=list, description="Tokens per exit layer (breach window).")
+
+
+class LayerRaiseStatus(SpecModel):
+    model: str = Field(description="Candidate whose layer count proved too few.")
+    layers: int = Field(ge=1, description="That layer count.")
+    at: datetime = Field(description="When it was raised from.")
+
+
+class PolicyState(SpecModel):
+    """What the adaptation loop remembers between scrapes, kept here so a restarted operator decides the same."""
+
+    model: str = Field(description="Candidate the state is about.")
+    layers: int = Field(ge=1, description="Layer count the state is about.")
+    breaches: WindowTotals = Field(description="The breach window.")
+    shadow: WindowTotals = Field(description="The shadow-check window.")
+    last_change_at: datetime | None = Field(default=None, description="Last change (cooldown starts here).")
+    last_assessment_at: datetime | None = Field(default=None, description="Last evaluation or reassessment.")
+    requests_since_assessment: int = Field(default=0, ge=0, description="Requests finished since then.")
+    last_telemetry_at: datetime | None = Field(default=None, description="Newest scrape folded in.")
+    last_raise: LayerRaiseStatus | None = Field(default=None, description="The last add_layers (hysteresis).")
+
+
 class OperatorStatus(HeliosDeploymentStatus):
     """The HeliosDeployment status as the operator writes it."""
 
@@ -49,6 +77,11 @@ class OperatorStatus(HeliosDeploymentStatus):
     evaluation_round: int = Field(default=0, ge=0, description="Number of the latest candidate evaluation.")
     evaluation_pending: bool = Field(default=False, description="Whether that evaluation is still running.")
     evaluation_started_at: datetime | None = Field(default=None, description="When that evaluation started.")
+    policy_state: PolicyState | None = Field(default=None, description="The adaptation loop's memory.")
+    acted_spec: dict[str, str] = Field(
+        default_factory=dict,
+        description="Hash of each spec part the operator has acted on (to tell what an edit changed).",
+    )
     failed_candidates: list[CandidateFailure] = Field(
         default_factory=list, max_length=MAX_CANDIDATES, description="Candidates that failed that evaluation."
     )

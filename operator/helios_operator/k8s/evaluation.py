@@ -182,6 +182,17 @@ async def finish_round(ctx: Context, round_: int, reports: list[EvaluationReport
     ctx.status["evaluationPending"] = False
 
 
+async def finished_reports(ctx: Context, round_: int) -> list[EvaluationReport] | None:
+    """The reports of round ``round_`` if it already finished (an operator stopped between storing its
+    reports and patching the status): the round is then never run again."""
+    configmap = await asyncio.to_thread(
+        ctx.kube.get, "ConfigMap", ctx.namespace, manifests.reports_configmap_name(ctx.name)
+    )
+    if ((configmap or {}).get("data") or {}).get("round") != str(round_):
+        return None
+    return await stored_reports(ctx)
+
+
 async def stored_reports(ctx: Context) -> list[EvaluationReport] | None:
     """The reports of the last finished round, from its ConfigMap."""
     name = manifests.reports_configmap_name(ctx.name)

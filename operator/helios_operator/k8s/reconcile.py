@@ -8,8 +8,10 @@ an operator restart continues where the last one stopped. The policy decides (pu
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
-from helios_operator.k8s import evaluation, manifests, workers
+from helios_contracts.reports import EvaluationReport
+from helios_operator.k8s import evaluation, manifests, policy_state, workers
 from helios_operator.k8s.conditions import EVALUATED, READY, TELEMETRY_FRESH, Status, ready_summary, set_condition
 from helios_operator.k8s.context import Context
 from helios_operator.k8s.report import (
@@ -21,6 +23,7 @@ from helios_operator.k8s.report import (
     telemetry_summary,
 )
 from helios_operator.k8s.scrape import WorkerSample, aggregate, scrape_all
+from helios_operator.k8s.spec_changes import changed_parts, fingerprints
 from helios_operator.policy import (
     AdaptState,
     Decision,
@@ -78,6 +81,7 @@ async def reconcile(ctx: Context) -> float | None:
     if runtime.state is None:
         retry_after = await initial_evaluation(ctx)
     else:
+        await act_on_spec_changes(ctx)
         await serve(ctx)
         pods = await ctx.list("Pod", manifests.serving_selector(ctx.name))
         await monitor(ctx, pods)
@@ -93,6 +97,10 @@ async def restore(ctx: Context) -> None:
     model, layers = ctx.status.get("currentModel"), ctx.status.get("currentLayers")
     if not reports or layers is None or model not in {r.model for r in reports}:
         return
+    kept = policy_state.decode(ctx.status.get("policyState"), reports, ctx.spec, ctx.spec.memory_budget, ctx.now)
+    if kept is not None and (kept.model, kept.layers) == (model, layers):
+        ctx.runtime.state = kept  # windows, cooldown, hysteresis and counters as the last operator left them
+        return
     reason = f"resumed {model} with {layers} layers from status after an operator restart"
     decision = Decision(kind="select", model=model, layers=layers, reason=reason, timestamp=ctx.now)
     ctx.runtime.state = initial_state(decision, reports, ctx.spec, ctx.spec.memory_budget, ctx.now)
@@ -106,7 +114,7 @@ async def initial_evaluation(ctx: Context) -> float | None:
         evaluation.start_round(ctx, "choosing the model and layer count to serve")
     status["phase"] = "Evaluating"
     round_ = int(status["evaluationRound"])
-    reports, message = await evaluation.poll_round(ctx, round_, await evaluation.spec_prompts(ctx))
+    reports, message = await _collect(ctx, round_, None)
     if reports is None:
         condition(ctx, EVALUATED, "False", "Evaluating", message)
         return ctx.config.evaluation_poll_seconds
@@ -124,11 +132,43 @@ async def initial_evaluation(ctx: Context) -> float | None:
         ctx.event("Warning", "NoFeasibleOption", str(error))
         return None
     ctx.runtime.state = initial_state(decision, reports, ctx.spec, ctx.spec.memory_budget, ctx.now)
+    status["actedSpec"] = fingerprints(ctx.spec)
     condition(ctx, EVALUATED, "True", "Evaluated", message)
     note_decision(ctx, decision)
     await serve(ctx)
     status["phase"] = "Serving"
     return None
+
+
+async def act_on_spec_changes(ctx: Context) -> None:
+    """A spec edit while serving: new reports if what evaluation measures changed, else ``select`` again
+    on the reports HELIOS has (no new evaluation) when what selection weighs changed."""
+    status = ctx.status
+    evaluation_parts, selection_parts = changed_parts(status.get("actedSpec"), ctx.spec)
+    status["actedSpec"] = fingerprints(ctx.spec)
+    if evaluation_parts:
+        if not status.get("evaluationPending"):
+            evaluation.start_round(ctx, f"the spec's {', '.join(evaluation_parts)} changed")
+            ctx.runtime.round_prompts = None
+        return  # a round in progress replaces the pods whose spec changed
+    if not selection_parts:
+        return
+    state = replace(current_state(ctx), budget=ctx.spec.memory_budget)
+    ctx.runtime.state = state
+    names = {c.name for c in ctx.spec.candidates}
+    reports = [r for r in state.reports.values() if r.model in names]
+    why = f"spec changed ({', '.join(selection_parts)})"
+    try:
+        decision = select(reports, ctx.spec, ctx.spec.memory_budget, ctx.now)
+    except ValueError as error:
+        ctx.event("Warning", "NoFeasibleOption", f"{why}: {error}; keeping {state.model} with {state.layers} layers")
+        return
+    decision = decision.model_copy(update={"reason": f"{why}: {decision.reason}"})
+    if (decision.model, decision.layers) == (state.model, state.layers):
+        note_decision(ctx, decision)
+        return
+    pods = await ctx.list("Pod", manifests.serving_selector(ctx.name))
+    await change(ctx, decision, ready_endpoints(ctx, pods))
 
 
 async def serve(ctx: Context) -> None:
@@ -225,11 +265,20 @@ async def change(ctx: Context, decision: Decision, endpoints: dict[str, str]) ->
     ctx.status["phase"] = "Adapting"
 
 
+async def _collect(ctx: Context, round_: int, prompts: list[str] | None) -> tuple[list[EvaluationReport] | None, str]:
+    """The round's reports: stored already if it finished before a restart, else polled from its pods."""
+    finished = await evaluation.finished_reports(ctx, round_)
+    if finished is not None:
+        return finished, f"round {round_}: finished before the operator restarted; its reports are kept"
+    return await evaluation.poll_round(
+        ctx, round_, prompts if prompts is not None else await evaluation.spec_prompts(ctx)
+    )
+
+
 async def continue_reassessment(ctx: Context, pods: list[dict]) -> None:
     runtime = ctx.runtime
     round_ = int(ctx.status["evaluationRound"])
-    prompts = runtime.round_prompts if runtime.round_prompts is not None else await evaluation.spec_prompts(ctx)
-    reports, message = await evaluation.poll_round(ctx, round_, prompts)
+    reports, message = await _collect(ctx, round_, runtime.round_prompts)
     if reports is None:
         condition(ctx, EVALUATED, "False", "Reassessing", message)
         return
@@ -267,6 +316,7 @@ async def summarise(ctx: Context) -> None:
         status["layers"] = layers_text(state.layers, total)
         status["breachRate"] = round(state.breaches.breach_rate, 4)
         status["tokensPerSecond"] = round(runtime.tokens_per_second, 3)
+        status["policyState"] = policy_state.encode(state)
     ready = ready_summary(status.get("phase", "Pending"), status["readyReplicas"], ctx.spec.replicas)
     condition(ctx, READY, *ready)
     status["observedGeneration"] = ctx.generation
