@@ -20,6 +20,7 @@ import yaml
 from helios_operator.crds import crd_files
 from tests.operator_fakes import FakeWorker, FakeWorkers
 from tests.report_factory import make_report
+from tests.test_crds import spec_validator
 
 if TYPE_CHECKING:
     from tests.k8s_fixtures import K8sApi, OperatorFactory
@@ -511,3 +512,45 @@ def test_invalid_spec_sets_condition_and_operator_keeps_running(k8s_api: K8sApi,
         wait_for_phase(k8s_api, "Evaluating")
         wait_for_eval_pods(k8s_api)
     assert runner.exception is None and "invalid spec" in runner.output
+
+
+POD_TEMPLATE = {
+    "metadata": {"labels": {"team": "ml"}},
+    "spec": {
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "llm", "effect": "NoSchedule"}],
+        "imagePullSecrets": [{"name": "registry-cred"}],
+        "runtimeClassName": "nvidia",
+        "priorityClassName": "llm-serving",
+        "containers": [{"name": "log-shipper", "image": "fluent/fluent-bit:3.2", "args": ["--quiet"]}],
+    },
+}
+
+
+def assert_carries_pod_template(pod: dict[str, Any]) -> None:
+    spec, overlay = pod["spec"], POD_TEMPLATE["spec"]
+    assert pod["metadata"]["labels"]["team"] == "ml"
+    for key in ("nodeSelector", "imagePullSecrets", "runtimeClassName", "priorityClassName"):
+        assert spec[key] == overlay[key], key
+    assert spec["tolerations"][0]["key"] == "nvidia.com/gpu" and spec["tolerations"][1:] == overlay["tolerations"]
+    assert [c["name"] for c in spec["containers"]] == ["worker", "log-shipper"]
+    assert spec["containers"][1] == overlay["containers"][0]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in spec["containers"][0]["volumeMounts"]
+
+
+@pytest.mark.timeout(90)
+def test_pod_template_reaches_evaluation_pods_and_the_deployment(
+    k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers
+) -> None:
+    manifest = heliosdeployment()
+    manifest["spec"]["worker"]["podTemplate"] = POD_TEMPLATE
+    spec_validator().validate(manifest["spec"])  # the emulator does not check the CRD schema; a real server does
+    with operator(HANDLERS, namespace="default") as runner:
+        k8s_api.apply(yaml.safe_dump(manifest))
+        wait_for_eval_pods(k8s_api)
+        for candidate in ("alpha", "beta"):
+            assert_carries_pod_template(k8s_api.kubectl_json("get", "pod", f"{NAME}-eval-1-{candidate}"))
+        evaluate(k8s_api, fakes)
+        wait_for_phase(k8s_api, "Serving")
+        assert_carries_pod_template(k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["template"])
+    assert runner.exception is None
