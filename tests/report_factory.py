@@ -30,6 +30,7 @@ def make_report(
     bytes_shared: int = 50 * MB,
     kv_bytes_per_token_per_layer: int = 1000,
     energy_per_token_joules: float | None = None,
+    tokens_per_count: int = 1000,
     **overrides: Any,
 ) -> EvaluationReport:
     """A report whose breach and mean-exit curves follow from ``exit_histogram``.
@@ -37,7 +38,15 @@ def make_report(
     ``exit_histogram[l-1]`` counts tokens whose first confident layer is l; the last entry
     also holds the ``num_unconfident`` tokens never confident. Greedy agreement defaults to
     a ramp from 0.90 to 1.00. Any EvaluationReport field can be overridden.
+
+    Each count stands for ``tokens_per_count`` evaluation tokens (the rates do not change):
+    with the default the 95% bounds lie within about 0.002 of the rates, so tests about
+    something else read as if on point estimates; 1 makes a histogram-sized evaluation.
     """
+    if tokens_per_count < 1:
+        raise ValueError("tokens_per_count must be >= 1")
+    exit_histogram = [count * tokens_per_count for count in exit_histogram]
+    num_unconfident *= tokens_per_count
     n = len(exit_histogram)
     total = sum(exit_histogram)
     breach_rate = [sum(exit_histogram[layers:]) / total for layers in range(1, n)] + [num_unconfident / total]

@@ -49,6 +49,9 @@ def test_decide_prints_the_decision_json(tmp_path: Path, capsys: pytest.CaptureF
     decision = json.loads(out)
     for key in ("model", "layers", "reason", "tokens_per_second", "agreement", "max_batch_size"):
         assert key in decision
+    assert decision["num_tokens"] == 100_000
+    assert 0.98 < decision["agreement_lower_bound"] < 0.985
+    assert 0.2 < decision["breach_rate_upper_bound"] < 0.205  # rate 0.20 at L=3 (the default histogram)
     expected = select(reports, make_spec(exit={"headCostLayers": None}), None)
     assert (decision["model"], decision["layers"]) == ("beta", 3) == (expected.model, expected.layers)
     assert decision["tokens_per_second"] == pytest.approx(expected.tokens_per_second)
@@ -80,9 +83,9 @@ def test_decide_flags_change_the_choice(tmp_path: Path, capsys: pytest.CaptureFi
 def test_decide_takes_settings_from_a_spec_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = str(write_reports(tmp_path, [make_report("alpha", greedy_agreement=AGREEMENT)]))
     spec = tmp_path / "helios.yaml"
-    spec.write_text("candidates: [{name: alpha, model: test/alpha}]\naccuracy: {minAgreement: 0.99}\n")
+    spec.write_text("candidates: [{name: alpha, model: test/alpha}]\naccuracy: {minAgreement: 0.985}\n")
     _, out, _ = run_decide(capsys, "--reports", path, "--spec", str(spec), "--json")
-    assert json.loads(out)["layers"] == 4
+    assert json.loads(out)["layers"] == 4  # L=3 measures 0.985, but not at 95%
     _, out, _ = run_decide(capsys, "--reports", path, "--spec", str(spec), "--min-agreement", "0.9", "--json")
     assert json.loads(out)["layers"] == 3  # the floor would allow 1; the breach budget needs 3
 
@@ -92,7 +95,9 @@ def test_decide_without_json_prints_a_summary(tmp_path: Path, capsys: pytest.Cap
     status, out, _ = run_decide(capsys, "--reports", path)
     assert status == 0
     assert "model:      alpha" in out and "layers:     8 of 8" in out
-    assert "no option reaches agreement 0.98" in out
+    assert "agreement:  0.900 (>= 0.898 at 95%, n=100000 evaluation tokens)" in out
+    assert "no option reaches agreement 0.98 at 95%" in out
+    assert "agreement 0.900 (>= 0.898 at 95%, n=100000)" in out  # the reason gives the same figures
 
 
 def _bad_report_file(tmp_path: Path) -> Path:

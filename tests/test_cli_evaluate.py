@@ -86,6 +86,18 @@ def test_table_output(tiny_model, prompts_file: Path, capsys: pytest.CaptureFixt
     assert "tiny" in out and "agree @50%" in out and "(L=2)" in out
 
 
+def test_a_time_budget_cuts_the_reports_tokens(
+    tiny_model, prompts_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--candidates", str(tiny_model("llama")), "--prompts", str(prompts_file), "--max-new-tokens", "8"]
+    status, out, _ = run_evaluate(capsys, *args, "--time-budget", "0.000001", "--json")
+    assert status == 0
+    [report] = json.loads(out)
+    assert report["is_cut_by_time_budget"] and report["num_tokens"] == report["num_prompts"] == 2
+    status, out, _ = run_evaluate(capsys, *args, "--time-budget", "0.000001")
+    assert status == 0 and "2 (time budget)" in out
+
+
 def test_prompts_from_a_worker(tiny_model, worker_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--candidates", str(tiny_model("llama")), "--from", worker_url, "--max-new-tokens", "2", "--json"]
     status, out, _ = run_evaluate(capsys, *args)
@@ -101,6 +113,7 @@ def test_prompts_from_a_worker(tiny_model, worker_url: str, capsys: pytest.Captu
         (["--candidates", "a=,b"], "use REF or NAME=REF"),
         (["--candidates", "x", "--exit-threshold", "1.5"], "--exit-threshold must be in (0, 1]"),
         (["--candidates", "x", "--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
+        (["--candidates", "x", "--time-budget", "0"], "--time-budget must be > 0 seconds"),
     ],
 )
 def test_bad_settings_fail_in_one_line(

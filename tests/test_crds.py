@@ -18,8 +18,10 @@ from pydantic import ValidationError
 
 from helios_operator.cli import main
 from helios_operator.crds import crd_files, helios_deployment_crd, helios_status_crd, structural_schema
-from helios_operator.heliosstatus import HeliosStatusReport
+from helios_operator.heliosstatus import CandidateEvaluation, HeliosStatusReport
+from helios_operator.policy import predict
 from helios_operator.spec import HeliosDeploymentSpec
+from tests.report_factory import make_report, make_spec
 
 CRDS_DIR = Path(__file__).resolve().parent.parent / "crds"
 STRUCTURAL_KEYS = {
@@ -200,8 +202,46 @@ def test_printer_columns_and_subresources() -> None:
     for column in columns.values():  # every status column points at a field the schema keeps
         if column["jsonPath"].startswith(".status.") and "[" not in column["jsonPath"]:
             assert column["jsonPath"].split(".")[2] in status_props, column["name"]
-    status_columns = [c["name"] for c in helios_status_crd()["spec"]["versions"][0]["additionalPrinterColumns"]]
-    assert status_columns == ["Deployment", "Model", "Layers", "Breach rate", "Tokens/s", "Last decision", "Age"]
+    status_columns = {c["name"]: c for c in helios_status_crd()["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert [n for n, c in status_columns.items() if not c.get("priority")] == [
+        "Deployment",
+        "Model",
+        "Layers",
+        "Breach rate",
+        "Tokens/s",
+        "Last decision",
+        "Age",
+    ]
+    # kubectl get heliosstatus -o wide: the evidence the served setting was chosen on.
+    assert [n for n, c in status_columns.items() if c.get("priority") == 1] == [
+        "Agreement",
+        "Agreement 95% low",
+        "Breach rate 95% high",
+        "Eval tokens",
+    ]
+    served = helios_status_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"][
+        "properties"
+    ]["served"]["properties"]
+    for name in ("Agreement", "Agreement 95% low", "Breach rate 95% high", "Eval tokens"):
+        path = status_columns[name]["jsonPath"]
+        assert path.startswith(".status.served.") and path.split(".")[3] in served, name
+
+
+def test_heliosstatus_repeats_the_served_row_with_its_bounds_for_printer_columns() -> None:
+    reports = [make_report("alpha", tokens_per_count=1), make_report("beta", tokens_per_count=1)]
+    spec = make_spec()
+    rows = [
+        CandidateEvaluation.from_prediction(predict(report, 3, spec, None), report.model_ref, report.model == "beta")
+        for report in reports
+    ]
+    report = HeliosStatusReport(model="beta", layers="3/8", phase="Serving", candidates=rows)
+    assert report.served == rows[1] and report.served.num_tokens == 100
+    assert report.served.agreement_lower_bound == reports[1].greedy_agreement_lower_bound_by_layer[2]
+    assert report.served.breach_rate_upper_bound == reports[1].breach_rate_upper_bound_by_layer[2]
+    assert HeliosStatusReport(candidates=[rows[0]]).served is None  # nothing chosen yet
+    root = helios_status_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    validator = jsonschema.Draft4Validator(api_server_view(root["properties"]["status"]))
+    validator.validate(report.model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
 def test_heliosstatus_schema_accepts_what_the_model_dumps() -> None:

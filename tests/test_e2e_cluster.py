@@ -55,8 +55,10 @@ spec:
   accuracy:
     minAgreement: 0.9
   evaluation:
-    promptsPerCandidate: 2
-    maxNewTokens: 4
+    # 48 tokens: enough for the 95% bounds select decides on to allow fewer than all 8 layers
+    # (from 8 tokens only full depth is inside the breach budget at 95%)
+    promptsPerCandidate: 3
+    maxNewTokens: 16
     prompts:
       inline: {IN_DOMAIN!r}
   monitoring:

@@ -140,6 +140,21 @@ def test_evaluate_candidate_on_a_tiny_model(tiny_model) -> None:
     assert report.kv_bytes_per_token_per_layer == 2 * 2 * 16 * 4  # K and V, 2 kv heads x 16 dims, fp32
 
 
+def test_a_time_budget_stops_the_evaluation_and_reports_the_tokens_it_got(tiny_model) -> None:
+    loaded = load_model(str(tiny_model("llama")), name="tiny")
+    # The first engine step (prefill: one token per prompt) always runs; then the budget is gone.
+    cut = evaluate_candidate(loaded, PROMPTS, 6, 0.8, time_budget=1e-6)
+    assert cut.is_cut_by_time_budget and cut.time_budget_seconds == 1e-6
+    assert cut.num_tokens == cut.num_prompts == len(PROMPTS) == sum(cut.exit_layer_histogram)
+    assert cut.tokens_per_second > 0  # the timing pass replayed those tokens
+    # Fewer tokens, wider bounds: the same full-depth agreement of 1.0 is only >= n / (n + 3.84).
+    assert cut.greedy_agreement_lower_bound_by_layer[-1] == pytest.approx(3 / (3 + 1.959963984540054**2))
+    whole = evaluate_candidate(loaded, PROMPTS, 6, 0.8, time_budget=600.0)
+    assert not whole.is_cut_by_time_budget and whole.num_tokens > cut.num_tokens
+    with pytest.raises(EvaluationError, match="time_budget must be > 0"):
+        evaluate_candidate(loaded, PROMPTS, 6, 0.8, time_budget=0.0)
+
+
 def test_evaluate_candidate_needs_every_layer(tiny_model) -> None:
     loaded = load_model(str(tiny_model("llama")), layers=2)
     with pytest.raises(EvaluationError, match=r"needs all 4 layers .* only 2 are loaded"):
@@ -198,14 +213,15 @@ def test_evaluation_service_reads_the_operator_env() -> None:
             ),
             "HELIOS_EVAL_PROMPTS": '["one", " ", "two"]',
             "HELIOS_MAX_NEW_TOKENS": "5",
+            "HELIOS_EVAL_TIME_BUDGET": "45",
         },
     )
     assert service.candidates == [("a", "/m/a"), ("b", "org/b@v2")] and service.prompts == ["one", "two"]
-    assert service.settings == {"max_new_tokens": 5, "exit_threshold": 0.6, "device": "cpu"}
+    assert service.settings == {"max_new_tokens": 5, "exit_threshold": 0.6, "device": "cpu", "time_budget": 45.0}
     # Nothing set: the worker's own model, the packaged prompts (also for an empty list).
     default = EvaluationService.from_settings(settings, {"HELIOS_EVAL_PROMPTS": "[]"})
     assert default.candidates == [("own", "/m/own")] and default.prompts[0] and len(default.prompts) > 3
-    assert default.settings["max_new_tokens"] == 32
+    assert default.settings["max_new_tokens"] == 32 and default.settings["time_budget"] is None
 
 
 @pytest.mark.parametrize(
@@ -216,6 +232,7 @@ def test_evaluation_service_reads_the_operator_env() -> None:
         ({"HELIOS_EVAL_CANDIDATES": "[]"}, "HELIOS_EVAL_CANDIDATES: the list is empty"),
         ({"HELIOS_EVAL_PROMPTS": '"one prompt"'}, "HELIOS_EVAL_PROMPTS: Input should be a valid array"),
         ({"HELIOS_MAX_NEW_TOKENS": "0"}, "HELIOS_MAX_NEW_TOKENS: Input should be greater than 0"),
+        ({"HELIOS_EVAL_TIME_BUDGET": "0"}, "HELIOS_EVAL_TIME_BUDGET: Input should be greater than 0"),
     ],
 )
 def test_evaluation_service_names_the_bad_variable(environ: dict[str, str], message: str) -> None:

@@ -6,9 +6,11 @@ from datetime import UTC, datetime
 
 from rich.console import Console
 
-from helios_operator.local.dashboard import render
-from helios_operator.local.snapshot import RunStatus, SeriesPoint
+from helios_operator.local.dashboard import evaluated_text, render
+from helios_operator.local.snapshot import Evaluated, RunStatus, SeriesPoint
 from helios_operator.local.state import LogEntry
+from helios_operator.policy import Decision, select
+from tests.report_factory import make_report, make_spec
 
 NOW = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -29,6 +31,14 @@ def test_panel_shows_setting_traffic_and_the_newest_decisions():
         model="ee-tiny",
         layers=7,
         layers_total=8,
+        evaluated=Evaluated(
+            agreement=0.97,
+            agreement_lower_bound=0.9412,
+            breach_rate=0.1,
+            breach_rate_upper_bound=0.1427,
+            num_tokens=256,
+            min_agreement=0.9,
+        ),
         worker_pid=42,
         worker_url="http://127.0.0.1:5555",
         num_forwarded=10,
@@ -48,6 +58,7 @@ def test_panel_shows_setting_traffic_and_the_newest_decisions():
     )
     text = _text(status)
     assert "ee-tiny  layers 7 of 8" in text
+    assert "agreement 0.970 (>= 0.941 at 95%, n=256; floor 0.9), breach rate 0.10 (<= 0.14 at 95%)" in text
     assert "12.5 tok/s, window breach rate 0.10" in text
     assert "10 forwarded, 0 failed; 0 switches, 1 layer changes" in text
     assert "breach storm: 60 breaches" in text
@@ -58,3 +69,15 @@ def test_panel_before_anything_is_served():
     text = _text(RunStatus(phase="Evaluating", message="evaluating ee-tiny (1/2)", spec_hash="abc"))
     assert "Evaluating  evaluating ee-tiny (1/2)" in text
     assert "no scrape yet" in text
+
+
+def test_the_evaluated_figures_come_from_the_decision_when_it_has_them():
+    report = make_report(tokens_per_count=1)
+    decision = select([report], make_spec(candidates=["alpha"]), None)
+    evaluated = Evaluated.from_decision(decision, 0.98)
+    assert evaluated is not None and evaluated.num_tokens == 100 and evaluated.min_agreement == 0.98
+    assert evaluated.agreement_lower_bound == report.greedy_agreement_lower_bound_by_layer[decision.layers - 1]
+    # A decision saved before the bounds were recorded (or a hold) shows nothing rather than guesses.
+    old = Decision(kind="select", model="alpha", layers=3, reason="old", agreement=0.99, breach_rate=0.1)
+    assert Evaluated.from_decision(old) is None and Evaluated.from_decision(None) is None
+    assert evaluated_text(None) == "-"

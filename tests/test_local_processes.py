@@ -189,4 +189,8 @@ def test_evaluation_command_is_the_helios_cli_with_json(tmp_path: Path):
     command = job.command()
     assert command[:4] == [sys.executable, "-m", "helios_operator.cli", "evaluate"]
     assert command[command.index("--candidates") + 1] == "a=helios-ee-tiny"
-    assert "--json" in command
+    assert "--json" in command and "--time-budget" not in command
+    budgeted = EvaluationJob(
+        name="a", model_ref="m", prompts_file=tmp_path / "p", max_new_tokens=4, exit_threshold=0.7, time_budget=45.0
+    )
+    assert budgeted.command()[budgeted.command().index("--time-budget") + 1] == "45.0"

@@ -168,7 +168,9 @@ def test_switching_model_moves_state_gauges_and_keeps_counters(registry, unavail
 
 def test_published_evaluations_become_per_layer_gauges(registry, unavailable) -> None:
     metrics = WorkerMetrics(registry, "alpha", num_layers_total=N, telemetry=unavailable)
-    metrics.publish_evaluation(make_report("alpha", exit_histogram=(5, 3, 1, 1), tokens_per_second=50.0))
+    metrics.publish_evaluation(
+        make_report("alpha", exit_histogram=(5, 3, 1, 1), tokens_per_second=50.0, tokens_per_count=1)
+    )
     metrics.publish_evaluation(make_report("beta", exit_histogram=(8, 2), greedy_agreement=[0.9, 1.0]))
     samples = scrape(registry)
     assert value(samples, "helios_evaluation_greedy_agreement", model="beta", layer="1") == 0.9

@@ -31,8 +31,9 @@ from tests.report_factory import MB, NO_BREACH_BUDGET, make_report, make_spec
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 CHANGES = {"select", "add_layers", "drop_layers", "switch_model"}
-# breach rate by L: 0.70 0.50 0.35 0.25 0.15 0.07 0.02 0.00; the floor 0.98 is met from L = 3.
-HISTOGRAM = (30, 20, 15, 10, 10, 8, 5, 2)
+# breach rate by L: 0.70 0.50 0.35 0.24 0.15 0.07 0.02 0.00; the floor 0.98 is met from L = 3
+# (at 95%: the bounds of the factory's 100,000 tokens lie within 0.002 of these rates).
+HISTOGRAM = (30, 20, 15, 11, 9, 8, 5, 2)
 AGREEMENT = [0.90, 0.95, 0.985, 0.99, 0.995, 0.998, 1.0, 1.0]
 
 
@@ -294,7 +295,7 @@ def test_headroom_drops_to_the_fewest_layers_that_stay_accurate_and_calm() -> No
     spec = make_spec(candidates=["alpha"])
     state = serving(6, [alpha()], spec)
     decision = observe(state, spec, LATER, histogram=[70, 30, 0, 0, 0, 0])
-    # L=2 misses the floor (0.95); L=3 would breach 35 per window (> 25); L=4: 25, agreement 0.99.
+    # L=2 misses the floor (0.95); L=3 would breach 35 per window (> 25); L=4: 24, agreement 0.99.
     assert decision is not None and (decision.kind, decision.layers) == ("drop_layers", 4)
     assert "headroom" in decision.reason and "0.0% exited beyond layer 4" in decision.reason
 

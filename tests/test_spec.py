@@ -37,7 +37,9 @@ def test_defaults_are_the_papers() -> None:
     assert spec.accuracy.min_agreement == 0.98
     assert spec.exit.threshold == 0.8
     assert spec.exit.min_exit_layer is None
-    assert spec.evaluation.prompts_per_candidate == 5
+    # Not the paper's 5 requests: 8 x 32 = 256 tokens per candidate, so that the 95% bounds mean something.
+    assert spec.evaluation.prompts_per_candidate * spec.evaluation.max_new_tokens >= 256
+    assert spec.evaluation.time_budget is None
     assert spec.evaluation.reassess_every_requests == 150
     assert spec.evaluation.prompts.kind == "recentTraffic"
     assert spec.monitoring.breach_window_tokens == 100
@@ -49,6 +51,10 @@ def test_defaults_are_the_papers() -> None:
     assert spec.replicas == 1
     assert spec.context_tokens == 2048
     assert spec.memory_budget is None
+
+
+def test_evaluation_time_budget_is_a_duration() -> None:
+    assert spec_with(evaluation={"timeBudget": "1m30s"}).evaluation.time_budget == 90.0
 
 
 @pytest.mark.parametrize(
@@ -120,6 +126,9 @@ def test_units_are_parsed_inside_the_spec() -> None:
         ({"exit": {"minExitLayer": 0}}, "exit.minExitLayer", "greater than or equal to 1"),
         ({"evaluation": {"promptsPerCandidate": 0}}, "evaluation.promptsPerCandidate", "greater"),
         ({"evaluation": {"reassessInterval": "0s"}}, "evaluation.reassessInterval", "greater than 0"),
+        ({"evaluation": {"timeBudget": "0s"}}, "evaluation.timeBudget", "greater than 0"),
+        ({"evaluation": {"timeBudget": "soon"}}, "evaluation.timeBudget", "invalid duration"),
+        ({"evaluation": {"timeBudget": "10m", "timeout": "5m"}}, "evaluation", "timeBudget (600 s) must be below"),
         ({"evaluation": {"prompts": {"inline": []}}}, "evaluation.prompts.inline", "at least 1"),
         (
             {"evaluation": {"prompts": {"inline": ["hi"], "configMapRef": {"name": "p"}}}},

@@ -201,6 +201,17 @@ def helios_status_crd() -> Schema:
             _column("Tokens/s", "number", ".status.telemetry.tokensPerSecond", "Tokens per second, all workers."),
             _column("Last decision", "string", ".status.lastDecision.kind", "Kind of the last decision."),
             _AGE,
+            # -o wide: what the served setting was chosen on, with the 95% bounds select compared.
+            _column("Agreement", "number", ".status.served.agreement", "Evaluated agreement with full depth.", 1),
+            _column("Agreement 95% low", "number", ".status.served.agreementLowerBound", "Its 95% lower bound.", 1),
+            _column(
+                "Breach rate 95% high",
+                "number",
+                ".status.served.breachRateUpperBound",
+                "95% upper bound of the evaluated breach rate.",
+                1,
+            ),
+            _column("Eval tokens", "integer", ".status.served.numTokens", "Evaluation tokens behind them.", 1),
         ],
     }
     return _crd("heliosstatuses", "heliosstatus", HELIOS_STATUS_KIND, [], version)

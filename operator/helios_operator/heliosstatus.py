@@ -13,8 +13,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from helios_operator.policy.predict import Prediction
 from helios_operator.spec import (
     MAX_CANDIDATES,
     MAX_DECISION_HISTORY,
@@ -99,6 +100,38 @@ class CandidateEvaluation(SpecModel):
     tokens_per_second: float = Field(ge=0.0, description="Predicted decode throughput at that layer count.")
     memory_bytes: int = Field(ge=0, description="Weight bytes at that layer count.")
     chosen: bool = Field(default=False, description="Whether this candidate is being served.")
+    agreement_lower_bound: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="95% lower bound of the agreement: what the floor is compared with."
+    )
+    breach_rate: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="Evaluated confidence breaches per token at that layer count."
+    )
+    breach_rate_upper_bound: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="95% upper bound of the breach rate: what the breach budget is compared with.",
+    )
+    num_tokens: int | None = Field(default=None, ge=0, description="Evaluation tokens the figures are over.")
+
+    @classmethod
+    def from_prediction(cls, prediction: Prediction, model_ref: str, chosen: bool) -> CandidateEvaluation:
+        """The row of ``prediction`` (``helios_operator.policy.predict``), bounds included."""
+        return cls(
+            name=prediction.model,
+            model=model_ref,
+            layers=prediction.layers,
+            layers_total=prediction.layers_total,
+            agreement=prediction.agreement,
+            mean_exit_layer=prediction.mean_exit_layer,
+            tokens_per_second=prediction.tokens_per_second,
+            memory_bytes=prediction.weight_bytes,
+            chosen=chosen,
+            agreement_lower_bound=prediction.agreement_lower_bound,
+            breach_rate=prediction.breach_rate,
+            breach_rate_upper_bound=prediction.breach_rate_upper_bound,
+            num_tokens=prediction.num_tokens,
+        )
 
 
 class TelemetrySummary(SpecModel):
@@ -132,6 +165,11 @@ class HeliosStatusReport(SpecModel):
     failed_candidates: list[CandidateFailure] = Field(
         default_factory=list, max_length=MAX_CANDIDATES, description="Candidates the last evaluation dropped, and why."
     )
+    served: CandidateEvaluation | None = Field(
+        default=None,
+        description="The chosen row of candidates, repeated here so printer columns can read it by a plain path. "
+        "Derived: set from candidates when not given.",
+    )
     telemetry: TelemetrySummary | None = Field(default=None, description="Live telemetry at the last scrape.")
     last_decision: DecisionSummary | None = Field(default=None, description="Most recent decision.")
     decision_history: list[DecisionSummary] = Field(
@@ -139,6 +177,12 @@ class HeliosStatusReport(SpecModel):
         max_length=MAX_DECISION_HISTORY,
         description=f"The last {MAX_DECISION_HISTORY} decisions with reasons, oldest first.",
     )
+
+    @model_validator(mode="after")
+    def _served_is_the_chosen_row(self) -> HeliosStatusReport:
+        if self.served is None:
+            self.served = next((row for row in self.candidates if row.chosen), None)
+        return self
 
 
 class HeliosStatus(SpecModel):

@@ -213,9 +213,20 @@ class PromptSource(SpecModel):
 
 class EvaluationSpec(SpecModel):
     prompts_per_candidate: int = Field(
-        default=5, ge=1, description="Prompts run through each candidate at full depth (paper: 5)."
+        default=8,
+        ge=1,
+        description="Prompts run through each candidate at full depth (paper: 5). The default 8 x maxNewTokens "
+        "32 = 256 tokens per candidate: the 95% lower bound of a measured agreement of 0.97 is then 0.94 (from "
+        "16 tokens: 0.76).",
     )
     max_new_tokens: int = Field(default=32, ge=1, description="Tokens generated per evaluation prompt.")
+    time_budget: Duration | None = Field(
+        default=None,
+        gt=0.0,
+        description="Generation time one candidate's evaluation may take, e.g. '30s' (model loading not "
+        "included): when it runs out the worker stops and reports the tokens it got, and the 95% bounds widen "
+        "to match. Unset: no limit. Must be below timeout.",
+    )
     prompts: PromptSource = Field(default_factory=PromptSource, description="Where evaluation prompts come from.")
     reassess_every_requests: int = Field(
         default=150, ge=1, description="Re-evaluate the candidates after this many requests (paper: 150)."
@@ -234,6 +245,15 @@ class EvaluationSpec(SpecModel):
         "(Failed, Evicted, ImagePullBackOff, CrashLoopBackOff past a few restarts, the worker reporting failure) are "
         "dropped at once.",
     )
+
+    @model_validator(mode="after")
+    def _time_budget_below_timeout(self) -> EvaluationSpec:
+        if self.time_budget is not None and self.time_budget >= self.timeout:
+            raise ValueError(
+                f"timeBudget ({self.time_budget:g} s) must be below timeout ({self.timeout:g} s), or every "
+                "candidate is dropped before its budget runs out"
+            )
+        return self
 
 
 class ShadowSpec(SpecModel):

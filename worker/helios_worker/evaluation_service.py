@@ -19,6 +19,8 @@ spec (``manifests.build_evaluation_pod``); this module is its only reader:
   in-domain prompts (the operator sends none when the spec asks for recent traffic and there
   is none yet)
 - ``HELIOS_MAX_NEW_TOKENS``: tokens generated per prompt (default 32)
+- ``HELIOS_EVAL_TIME_BUDGET``: seconds of generation each candidate may take (the spec's
+  ``evaluation.timeBudget``); unset: no limit. A candidate cut by it reports the tokens it got.
 
 The exit threshold and device are the server's own settings (``HELIOS_EXIT_THRESHOLD``,
 ``HELIOS_DEVICE``).
@@ -33,7 +35,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import PositiveInt, TypeAdapter, ValidationError
+from pydantic import PositiveFloat, PositiveInt, TypeAdapter, ValidationError
 
 from helios_contracts.candidate import Candidate
 from helios_contracts.reports import EvaluationReport
@@ -48,12 +50,14 @@ logger = logging.getLogger("helios.evaluation")
 CANDIDATES_ENV = "HELIOS_EVAL_CANDIDATES"
 PROMPTS_ENV = "HELIOS_EVAL_PROMPTS"
 MAX_NEW_TOKENS_ENV = "HELIOS_MAX_NEW_TOKENS"
+TIME_BUDGET_ENV = "HELIOS_EVAL_TIME_BUDGET"
 DEFAULT_MAX_NEW_TOKENS = 32
 
 Evaluate = Callable[..., list[EvaluationReport]]
 _CANDIDATES = TypeAdapter(list[Candidate])
 _PROMPTS = TypeAdapter(list[str])
 _MAX_NEW_TOKENS = TypeAdapter(PositiveInt)
+_TIME_BUDGET = TypeAdapter(PositiveFloat)
 
 
 def default_prompts_file() -> Path:
@@ -90,6 +94,7 @@ class EvaluationService:
         max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         exit_threshold: float = 0.8,
         device: str = "cpu",
+        time_budget: float | None = None,
         telemetry: GpuTelemetry | None = None,
         evaluate: Evaluate = evaluate_candidates,
     ) -> None:
@@ -100,7 +105,12 @@ class EvaluationService:
             raise ValueError(f"candidate names must be unique, got {', '.join(names)}")
         self.candidates = list(candidates)
         self.prompts = list(prompts)
-        self.settings = {"max_new_tokens": max_new_tokens, "exit_threshold": exit_threshold, "device": device}
+        self.settings: dict[str, Any] = {
+            "max_new_tokens": max_new_tokens,
+            "exit_threshold": exit_threshold,
+            "device": device,
+            "time_budget": time_budget,
+        }
         self.telemetry = telemetry  # energy per token when evaluating on a GPU
         # Called on the evaluation thread with the reports before the status turns "done"
         # (a server publishes them as metrics there); an exception in it is logged and ignored.
@@ -125,6 +135,7 @@ class EvaluationService:
         max_new_tokens = DEFAULT_MAX_NEW_TOKENS
         if MAX_NEW_TOKENS_ENV in environ:
             max_new_tokens = _read(environ, MAX_NEW_TOKENS_ENV, _MAX_NEW_TOKENS)
+        time_budget = _read(environ, TIME_BUDGET_ENV, _TIME_BUDGET) if TIME_BUDGET_ENV in environ else None
         from helios_worker.device import resolve_device
 
         device = str(resolve_device(settings.device))
@@ -139,6 +150,7 @@ class EvaluationService:
             max_new_tokens=max_new_tokens,
             exit_threshold=settings.exit_threshold,
             device=device,
+            time_budget=time_budget,
             telemetry=telemetry,
         )
 

@@ -133,7 +133,9 @@ def _human(decision: Decision) -> str:
             f"model:      {decision.model}",
             f"layers:     {decision.layers} of {decision.layers_total}",
             f"throughput: {decision.tokens_per_second:.1f} tokens/s (predicted)",
-            f"agreement:  {decision.agreement:.3f}",
+            f"agreement:  {decision.agreement:.3f} (>= {decision.agreement_lower_bound:.3f} at 95%, "
+            f"n={decision.num_tokens} evaluation tokens)",
+            f"breaches:   {decision.breach_rate:.3f} per token (<= {decision.breach_rate_upper_bound:.3f} at 95%)",
             f"max batch:  {batch}",
             f"reason:     {decision.reason}",
         ]

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     from helios_contracts.errors import UserError
     from helios_operator.local.dashboard import render
     from helios_operator.local.proxy import STATUS_PATH
-    from helios_operator.local.snapshot import RunStatus
+    from helios_operator.local.snapshot import Evaluated, RunStatus
     from helios_operator.local.state import StateFileError, load_state
 
     try:
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             model=decision.model if decision else None,
             layers=decision.layers if decision else None,
             layers_total=decision.layers_total if decision else None,
+            evaluated=Evaluated.from_decision(decision),
             log=saved.log,
         )
         source = f"from {args.state_file} (not running)"

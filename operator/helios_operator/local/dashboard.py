@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from helios_operator.local.snapshot import RunStatus
+from helios_operator.local.snapshot import Evaluated, RunStatus
 from helios_operator.local.state import LogEntry
 
 _PHASE_STYLE = {"Serving": "green", "Adapting": "yellow", "Evaluating": "cyan", "Degraded": "red", "Failed": "bold red"}
@@ -29,6 +29,18 @@ _KIND_STYLE = {
 SHOWN_DECISIONS = 12
 
 
+def evaluated_text(evaluated: Evaluated | None) -> str:
+    """The figures the setting was chosen on, with the bounds the policy compared."""
+    if evaluated is None:
+        return "-"
+    floor = "" if evaluated.min_agreement is None else f"; floor {evaluated.min_agreement:g}"
+    return (
+        f"agreement {evaluated.agreement:.3f} (>= {evaluated.agreement_lower_bound:.3f} at 95%, "
+        f"n={evaluated.num_tokens}{floor}), breach rate {evaluated.breach_rate:.2f} "
+        f"(<= {evaluated.breach_rate_upper_bound:.2f} at 95%)"
+    )
+
+
 def _overview(status: RunStatus) -> Table:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
@@ -42,6 +54,7 @@ def _overview(status: RunStatus) -> Table:
         ("phase", phase),
         ("endpoint", f"{status.proxy_url or '-'}/v1  (model 'helios')"),
         ("model", f"{status.model or '-'}  layers {layers}"),
+        ("evaluated", evaluated_text(status.evaluated)),
         ("worker", f"pid {status.worker_pid}  {status.worker_url}" if status.worker_pid else "-"),
         (
             "traffic",

@@ -44,8 +44,10 @@ class EvaluationJob:
     prompts_file: Path
     max_new_tokens: int
     exit_threshold: float
+    time_budget: float | None = None  # seconds of generation (the spec's evaluation.timeBudget)
 
     def command(self) -> list[str]:
+        budget = [] if self.time_budget is None else ["--time-budget", str(self.time_budget)]
         return [
             sys.executable,
             "-m",
@@ -59,6 +61,7 @@ class EvaluationJob:
             str(self.max_new_tokens),
             "--exit-threshold",
             str(self.exit_threshold),
+            *budget,
             "--json",
         ]
 

@@ -31,7 +31,7 @@ from helios_operator.local.evaluate import (
 from helios_operator.local.proxy import Proxy, ProxyServer
 from helios_operator.local.serving import LayerChangeFailed, Serving
 from helios_operator.local.shadow import ShadowCheck
-from helios_operator.local.snapshot import MAX_SERIES_POINTS, RunStatus, SeriesPoint
+from helios_operator.local.snapshot import MAX_SERIES_POINTS, Evaluated, RunStatus, SeriesPoint
 from helios_operator.local.state import (
     LogEntry,
     LogKind,
@@ -191,6 +191,7 @@ class LocalRun:
             model=worker.settings.model if worker else (decision.model if decision else None),
             layers=worker.settings.layers if worker else (decision.layers if decision else None),
             layers_total=report.num_layers_total if report else None,
+            evaluated=Evaluated.from_decision(decision, self.spec.accuracy.min_agreement),
             worker_pid=worker.pid if worker else None,
             worker_url=worker.url if worker else None,
             num_forwarded=self.proxy.num_forwarded,
@@ -228,6 +229,7 @@ class LocalRun:
                 prompts_file=prompts_file,
                 max_new_tokens=self.spec.evaluation.max_new_tokens,
                 exit_threshold=self.spec.exit.threshold,
+                time_budget=self.spec.evaluation.time_budget,
             )
             for candidate in self.spec.candidates
         ]
@@ -249,8 +251,8 @@ class LocalRun:
             self._log("error", f"evaluation failed: {error}")
             raise RunFailed(f"evaluation failed: {error}") from error
         summary = "; ".join(
-            f"{r.model}: {r.num_tokens} tokens, {r.tokens_per_second:.1f} tok/s, mean exit "
-            f"{r.mean_exit_layer_by_layer[-1]:.2f} of {r.num_layers_total}"
+            f"{r.model}: {r.num_tokens} tokens{' (time budget ran out)' if r.is_cut_by_time_budget else ''}, "
+            f"{r.tokens_per_second:.1f} tok/s, mean exit {r.mean_exit_layer_by_layer[-1]:.2f} of {r.num_layers_total}"
             for r in reports
         )
         self._log("evaluate", f"evaluated: {summary}")

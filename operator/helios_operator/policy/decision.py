@@ -31,10 +31,17 @@ class Decision(BaseModel):
     reason: str
     tokens_per_second: float | None = None
     agreement: float | None = None
+    agreement_lower_bound: float | None = Field(
+        default=None, description="95% Wilson lower bound of the agreement over num_tokens evaluation tokens."
+    )
     time_per_output_token_seconds: float | None = None
     energy_per_token_joules: float | None = None
     max_batch_size: int | None = None
     breach_rate: float | None = None
+    breach_rate_upper_bound: float | None = Field(
+        default=None, description="95% Wilson upper bound of the breach rate over num_tokens evaluation tokens."
+    )
+    num_tokens: int | None = Field(default=None, description="Evaluation tokens the figures are measured on.")
     mean_exit_layer: float | None = None
     weight_bytes: int | None = None
     timestamp: datetime | None = None
@@ -51,10 +58,13 @@ class Decision(BaseModel):
             reason=reason,
             tokens_per_second=prediction.tokens_per_second,
             agreement=prediction.agreement,
+            agreement_lower_bound=prediction.agreement_lower_bound,
             time_per_output_token_seconds=prediction.time_per_output_token_seconds,
             energy_per_token_joules=prediction.energy_per_token_joules,
             max_batch_size=prediction.max_batch_size,
             breach_rate=prediction.breach_rate,
+            breach_rate_upper_bound=prediction.breach_rate_upper_bound,
+            num_tokens=prediction.num_tokens,
             mean_exit_layer=prediction.mean_exit_layer,
             weight_bytes=prediction.weight_bytes,
             timestamp=now,

@@ -32,6 +32,10 @@ class Prediction:
     layers_total: int
     agreement: float
     breach_rate: float
+    # 95% Wilson bounds over the evaluation's num_tokens: what the policy's checks compare.
+    agreement_lower_bound: float
+    breach_rate_upper_bound: float
+    num_tokens: int
     mean_exit_layer: float
     tokens_per_second: float
     time_per_output_token_seconds: float
@@ -74,6 +78,9 @@ def predict(report: EvaluationReport, layers: int, spec: HeliosDeploymentSpec, b
         layers_total=report.num_layers_total,
         agreement=report.greedy_agreement_by_layer[layers - 1],
         breach_rate=report.breach_rate_by_layer[layers - 1],
+        agreement_lower_bound=report.greedy_agreement_lower_bound_by_layer[layers - 1],
+        breach_rate_upper_bound=report.breach_rate_upper_bound_by_layer[layers - 1],
+        num_tokens=report.num_tokens,
         mean_exit_layer=report.mean_exit_layer_by_layer[layers - 1],
         tokens_per_second=report.tokens_per_second / ratio,
         time_per_output_token_seconds=full_depth_tpot * ratio,

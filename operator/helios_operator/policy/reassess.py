@@ -2,7 +2,8 @@
 
 A reassessment switches only when the new best beats the current setting by more than
 ``monitoring.minImprovement`` on the objective (hysteresis against measurement noise),
-unless the current setting no longer meets the accuracy floor or no longer fits.
+unless the current setting no longer meets the accuracy floor (at 95%, as ``select`` judges
+it) or no longer fits.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import datetime
 from helios_contracts.reports import EvaluationReport
 from helios_operator.policy.decision import Decision
 from helios_operator.policy.predict import Prediction, predict
-from helios_operator.policy.select import describe, objective_value, select, uses_energy_proxy
+from helios_operator.policy.select import describe, meets_floor, objective_value, select, uses_energy_proxy
 from helios_operator.policy.state import AdaptState
 from helios_operator.spec import HeliosDeploymentSpec
 
@@ -53,10 +54,10 @@ def reselect(
     if (best.model, best.layers) == (state.model, state.layers):
         reason = f"reassessment: {state.model} with {state.layers} layers is still the best ({describe(current)})"
         return Decision.from_prediction("hold", current, reason, now)
-    floor = spec.accuracy.min_agreement
-    current_is_valid = current.agreement >= floor and current.max_batch_size != 0
-    if current_is_valid and best.agreement is not None and best.agreement >= floor:
-        gain = relative_gain(predict(by_name[best.model], best.layers, spec, state.budget), current, spec)
+    best_prediction = predict(by_name[best.model], best.layers, spec, state.budget)
+    current_is_valid = meets_floor(current, spec) and current.max_batch_size != 0
+    if current_is_valid and meets_floor(best_prediction, spec):
+        gain = relative_gain(best_prediction, current, spec)
         if gain <= spec.monitoring.min_improvement:
             reason = (
                 f"reassessment: best is {best.model} with {best.layers} layers, only {gain:.1%} better on "

@@ -7,6 +7,10 @@ disagreement. Scales never go below 1 (a remedy never assumes traffic got easier
 full depth at agreement 1, which it is by definition. An option *settles* the window when
 its corrected agreement meets the floor and its corrected breaches per window are at most
 ``targetBreachFraction`` x ``maxBreaches``, a margin under the storm limit (hysteresis).
+Both are judged at 95% confidence, on the report's Wilson bounds (agreement lower bound,
+breach rate upper bound), exactly as ``select`` judges them: a setting select picked
+settles its own evaluation data, so the loop never undoes a selection on the data it was
+made on.
 
 Cost is the predicted time to serve the tokens until the next reassessment
 (``reassessEveryRequests`` x ``maxNewTokens``), including the pause to read new weights at
@@ -49,11 +53,13 @@ def corrections(state: AdaptState, spec: HeliosDeploymentSpec) -> Corrections:
 
 
 def corrected_agreement(prediction: Prediction, fix: Corrections) -> float:
-    return max(0.0, 1 - (1 - prediction.agreement) * fix.disagreement_scale)
+    """The agreement's 95% lower bound, with disagreement scaled as live traffic shows it."""
+    return max(0.0, 1 - (1 - prediction.agreement_lower_bound) * fix.disagreement_scale)
 
 
 def breaches_per_window(prediction: Prediction, fix: Corrections, spec: HeliosDeploymentSpec) -> float:
-    return min(1.0, prediction.breach_rate * fix.breach_scale) * spec.monitoring.breach_window_tokens
+    """Breaches per window at the breach rate's 95% upper bound, scaled as live traffic shows it."""
+    return min(1.0, prediction.breach_rate_upper_bound * fix.breach_scale) * spec.monitoring.breach_window_tokens
 
 
 def breach_target(spec: HeliosDeploymentSpec) -> float:

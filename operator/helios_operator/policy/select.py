@@ -1,9 +1,16 @@
 """Step 3 of the HELIOS loop: pick the candidate and the layer count L to load.
 
-Every (candidate, L) that fits the memory budget is predicted; among those meeting the
+Every (candidate, L) that fits the memory budget is predicted. Only options inside the
+breach budget are kept (if none is, those with the fewest breaches); among those meeting the
 accuracy floor the best for the objective wins, ties going to fewer layers and then to
 fewer weight bytes. If none meets the floor, the most accurate option is chosen and the
 reason says so, because serving something beats serving nothing.
+
+Both checks are made at 95% confidence, on the evaluation's Wilson bounds: the agreement's
+lower bound must meet ``accuracy.minAgreement`` and the breach rate's upper bound must stay in
+the budget, so 16 lucky tokens cannot pass a floor that 512 would fail. ``adapt``
+(``remedies.settles``) judges settings by the same bounds and the same budget, which makes a
+selection a fixed point of the monitoring loop on its own evaluation data.
 """
 
 from __future__ import annotations
@@ -69,12 +76,13 @@ def best_option(predictions: Sequence[Prediction], objective: Objective) -> Pred
 
 
 def describe(prediction: Prediction) -> str:
-    """The predicted figures in a reason string."""
+    """The predicted figures in a reason string, the checked ones with their 95% bounds."""
     parts = [
-        f"agreement {prediction.agreement:.3f}",
+        f"agreement {prediction.agreement:.3f} (>= {prediction.agreement_lower_bound:.3f} at 95%, "
+        f"n={prediction.num_tokens})",
         f"{prediction.tokens_per_second:.1f} tok/s",
         f"{prediction.time_per_output_token_seconds * 1000:.2f} ms/token",
-        f"breach rate {prediction.breach_rate:.2f}",
+        f"breach rate {prediction.breach_rate:.2f} (<= {prediction.breach_rate_upper_bound:.2f} at 95%)",
     ]
     if prediction.energy_per_token_joules is not None:
         parts.append(f"{prediction.energy_per_token_joules:.3g} J/token")
@@ -118,21 +126,21 @@ def select(
         raise NoFeasibleOption(_no_fit_message(reports, spec, budget))
     predictions, budget_note = within_breach_budget(predictions, spec)
     floor = spec.accuracy.min_agreement
-    accurate = [p for p in predictions if p.agreement >= floor]
+    accurate = [p for p in predictions if meets_floor(p, spec)]
     if accurate:
         ranked = accurate
         chosen = best_option(ranked, spec.objective)
         reason = (
             f"{chosen.model} with {chosen.layers} of {chosen.layers_total} layers: "
             f"{_OBJECTIVE_WORDS[spec.objective]} of {len(accurate)} options meeting agreement >= {floor:g} "
-            f"({describe(chosen)})"
+            f"at 95% ({describe(chosen)})"
         )
     else:
-        top = max(p.agreement for p in predictions)
-        ranked = [p for p in predictions if p.agreement == top]
+        top = max(p.agreement_lower_bound for p in predictions)
+        ranked = [p for p in predictions if p.agreement_lower_bound == top]
         chosen = best_option(ranked, spec.objective)
         reason = (
-            f"no option reaches agreement {floor:g}; chose the most accurate, {chosen.model} with "
+            f"no option reaches agreement {floor:g} at 95%; chose the most accurate, {chosen.model} with "
             f"{chosen.layers} of {chosen.layers_total} layers ({describe(chosen)})"
         )
     if spec.objective == "energy" and uses_energy_proxy(ranked):
@@ -146,8 +154,14 @@ def breach_budget(spec: HeliosDeploymentSpec) -> float:
     return spec.monitoring.target_breach_fraction * spec.monitoring.max_breaches
 
 
+def meets_floor(prediction: Prediction, spec: HeliosDeploymentSpec) -> bool:
+    """The agreement floor, held at 95% confidence: the lower bound, not the point estimate."""
+    return prediction.agreement_lower_bound >= spec.accuracy.min_agreement
+
+
 def predicted_breaches(prediction: Prediction, spec: HeliosDeploymentSpec) -> float:
-    return prediction.breach_rate * spec.monitoring.breach_window_tokens
+    """Breaches per window at the breach rate's 95% upper bound."""
+    return prediction.breach_rate_upper_bound * spec.monitoring.breach_window_tokens
 
 
 def within_breach_budget(predictions: Sequence[Prediction], spec: HeliosDeploymentSpec) -> tuple[list[Prediction], str]:
@@ -161,7 +175,7 @@ def within_breach_budget(predictions: Sequence[Prediction], spec: HeliosDeployme
         return inside, ""
     fewest = min(predicted_breaches(p, spec) for p in predictions)
     note = (
-        f"; no option keeps predicted breaches within {limit:g} per {window} tokens "
+        f"; no option keeps predicted breaches within {limit:g} per {window} tokens at 95% "
         f"(storm limit {spec.monitoring.max_breaches}): chose among those with the fewest ({fewest:.1f})"
     )
     return [p for p in predictions if predicted_breaches(p, spec) == fewest], note

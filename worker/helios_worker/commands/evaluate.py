@@ -26,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--prompts", type=Path, help="file with one prompt per line")
     source.add_argument("--from", dest="from_url", metavar="URL", help="a serving worker: use its recent prompts")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="generation time per candidate; when it runs out the report has the tokens made by then",
+    )
     parser.add_argument("--exit-threshold", type=float, default=0.8, help="a token exits when max softmax >= T")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     parser.add_argument(
@@ -96,6 +102,8 @@ def _check_settings(args: argparse.Namespace) -> list[tuple[str, str]]:
 
     if args.max_new_tokens < 1:
         raise UserError("--max-new-tokens must be >= 1")
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise UserError("--time-budget must be > 0 seconds")
     if not 0.0 < args.exit_threshold <= 1.0:
         raise UserError("--exit-threshold must be in (0, 1]")
     try:
@@ -134,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
                 progress=lambda name, tokens: bar.advance(tasks[name], tokens),
                 telemetry=telemetry,
                 exits=_exits_by_candidate(args.exits, [name for name, _ in candidates]),
+                time_budget=args.time_budget,
             )
     except (ModelRefError, ModelLoadError, EvaluationError, ValueError) as error:
         raise UserError(str(error)) from None
@@ -172,7 +181,7 @@ def report_table(reports: list[EvaluationReport]) -> Table:
         table.add_row(
             report.model,
             str(n),
-            str(report.num_tokens),
+            f"{report.num_tokens} (time budget)" if report.is_cut_by_time_budget else str(report.num_tokens),
             *agreement,
             f"{report.mean_exit_layer_by_layer[-1]:.2f}",
             f"{report.tokens_per_second:.1f}",
