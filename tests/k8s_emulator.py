@@ -14,15 +14,20 @@ namespaced and cluster-wide list/watch with ``resourceVersion`` resumption, book
 ``timeoutSeconds``, label and field selectors, merge / strategic-merge (approximate) / JSON patch,
 PUT with optimistic concurrency, DELETE with finalizers, ownerReference garbage collection and
 namespace cascade, server-set ``uid`` / ``creationTimestamp`` / ``resourceVersion`` / ``generation``.
+Custom resources are admitted as a real server admits them: pruned, defaulted and validated
+against the CRD's structural schema and its CEL rules, with the server's 422 error shape
+(``tests/k8s_admission.py``). Requests are authenticated by bearer token and authorized by the
+RBAC objects stored here, with 401/403 in the server's words (``tests/k8s_rbac.py``).
 
-Not supported (tests must not rely on them): admission, schema validation and defaulting, RBAC
-and authentication (any token is accepted), CRD version conversion (each served version is its
-own store), ``dryRun``, server-side apply, ``deletecollection``, list pagination (everything comes
-in one page), Protobuf (so kubectl's typed generators such as ``kubectl create configmap`` get a
-415; use ``kubectl apply -f`` / ``create -f``), controllers (nothing schedules Pods or rolls out
-Deployments), built-in printer columns (built-in kinds show only Name and Age), foreground
-deletion (it behaves like background), namespace existence checks, and watch DELETED events for
-objects that merely stop matching a label selector. Every kind gets ``metadata.generation``.
+Not supported (tests must not rely on them): validation of built-in kinds, admission webhooks,
+TLS (so kubectl, which sends no token over plain HTTP, is the admin; ``--as`` impersonates), CRD
+version conversion (each served version is its own store), ``dryRun``, server-side apply,
+``deletecollection``, list pagination (everything comes in one page), Protobuf (so kubectl's
+typed generators such as ``kubectl create configmap`` get a 415; use ``kubectl apply -f`` /
+``create -f``), controllers (nothing schedules Pods or rolls out Deployments), built-in printer
+columns (built-in kinds show only Name and Age), foreground deletion (it behaves like background),
+namespace existence checks, and watch DELETED events for objects that merely stop matching a
+label selector. Every kind gets ``metadata.generation``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import asyncio
 import contextlib
 import copy
 import datetime
+import json
 import re
 import secrets
 import socket
@@ -50,11 +56,22 @@ import jsonpointer
 import kmock
 import yaml
 
+from tests import k8s_rbac as rbac
+from tests.k8s_admission import CustomResourceSchema, Rejected, crd_schemas
+
 Body = dict[str, Any]
 ObjectKey = tuple[kmock.resource, str | None, str]
 LabelMatcher = Callable[[Mapping[str, str]], bool]
 
 CRDS = kmock.resource("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+RBAC_KINDS = [
+    kmock.resource("rbac.authorization.k8s.io", "v1", plural)
+    for plural in ("roles", "clusterroles", "rolebindings", "clusterrolebindings")
+]
+ADMIN_TOKEN = "emulator-dummy-token"  # what write_kubeconfig writes: the test's own kubectl is an admin
+BLOCK_OWNER_DELETION = (
+    "cannot set blockOwnerDeletion if an ownerReference refers to a resource you can't set finalizers on"
+)
 NAMESPACES = kmock.resource("", "v1", "namespaces")
 WATCH_CONTENT_TYPE = "application/json;stream=watch"
 PROTOBUF_REFUSAL = {
@@ -306,6 +323,11 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
     _last_rv: int = attrs.field(default=0, init=False)
     _event_log: deque[tuple[int, kmock.resource, Body]] = attrs.field(init=False)
     _watches: list[WatchSubscription] = attrs.field(factory=list, init=False)
+    _schemas: dict[kmock.resource, CustomResourceSchema] = attrs.field(factory=dict, init=False)
+    # bearer token -> who sends it; issue_token() adds one. No token: the admin; an unknown one: 401.
+    tokens: dict[str, rbac.User] = attrs.field(factory=lambda: {ADMIN_TOKEN: rbac.ADMIN})
+    # (user, what was asked, whether it was granted) for every request RBAC decided (admins skip RBAC)
+    audit: list[tuple[str, rbac.Attributes, bool]] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -386,12 +408,96 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         }
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
-        """Skip ``KubernetesEmulator._handle``: it merges every write into the stored JSON.
+        """Authenticate and authorize, then skip ``KubernetesEmulator._handle``, which merges
+        every write into the stored JSON.
 
         The state changes happen in the ``_serve_*`` fallbacks below instead, so a test's own
-        kmock reactions still take priority over the emulated server.
+        kmock reactions still take priority over the emulated server. kmock accepted any token;
+        the server answers 401 to an unknown one and 403 to what RBAC does not grant.
         """
+        user = self._user(request)
+        if not user.is_admin and request.resource is not None and request.resource.plural:
+            self._authorize(user, self._attributes(request))
         return await kmock.KubernetesScaffold._handle(self, request)
+
+    # -- authentication and authorization -----------------------------------------------------
+
+    def issue_token(self, user: rbac.User) -> str:
+        """A bearer token that authenticates as ``user`` (e.g. a ServiceAccount) from now on."""
+        token = secrets.token_urlsafe(24)
+        self.tokens[token] = user
+        return token
+
+    def _user(self, request: kmock.Request) -> rbac.User:
+        """Who sent the request: its bearer token's user, acting as ``Impersonate-User`` if set.
+
+        kubectl sends no token over plain HTTP, so a request without one is the test's admin
+        (the emulator serves no TLS); an unknown token is a 401, as on a cluster. An admin may
+        impersonate anyone (``kubectl --as=system:serviceaccount:NS:NAME``), so a test sees what
+        kubectl prints for that user.
+        """
+        scheme, _, token = _header(request, "Authorization").partition(" ")
+        user = self.tokens.get(token) if scheme.lower() == "bearer" else rbac.ADMIN if not token else None
+        if user is None:
+            raise api_error(401, "Unauthorized", "Unauthorized")
+        impersonated = _header(request, "Impersonate-User")
+        if impersonated and user.is_admin:
+            return rbac.User.named(impersonated)
+        return user
+
+    def _attributes(self, request: kmock.Request) -> rbac.Attributes:
+        resource = request.resource
+        info = self.resources.get(resource)
+        namespace = (request.namespace or None) if info is None or info.namespaced else None
+        is_watch = request.params.get("watch") in ("true", "1")
+        verb = rbac.request_verb(str(request.method.value), request.name is not None, is_watch)
+        return rbac.Attributes(
+            verb, resource.group or "", resource.plural, request.subresource, namespace, request.name
+        )
+
+    def _is_allowed(self, user: rbac.User, attributes: rbac.Attributes) -> bool:
+        rbac_objects = [body for kind in RBAC_KINDS for _, body in self._live_items(kind)]
+        allowed = rbac.authorize(user, attributes, rbac_objects)
+        self.audit.append((user.name, attributes, allowed))
+        return allowed
+
+    def _authorize(self, user: rbac.User, attributes: rbac.Attributes) -> None:
+        """403 Forbidden unless a Role or ClusterRole bound to ``user`` grants ``attributes``."""
+        if not self._is_allowed(user, attributes):
+            raise _forbidden(attributes, rbac.forbidden_reason(user, attributes))
+
+    def _check_owner_references(self, request: kmock.Request, body: Body, old: Body | None) -> None:
+        """Setting ``blockOwnerDeletion`` needs ``update`` on the owner's ``finalizers``.
+
+        That is the OwnerReferencesPermissionEnforcement admission plugin, on in most clusters;
+        admins are exempt, as everything is allowed to them.
+        """
+        user = self._user(request)
+        for ref in [] if user.is_admin else rbac.owner_references_to_check(body, old):
+            owner = self._resource_of(ref.get("apiVersion", ""), ref.get("kind", ""))
+            if owner is None:
+                continue
+            namespace = body["metadata"].get("namespace") if self.resources[owner].namespaced else None
+            finalizers = rbac.Attributes(
+                "update", owner.group or "", owner.plural, "finalizers", namespace, ref["name"]
+            )
+            if not self._is_allowed(user, finalizers):
+                written = rbac.Attributes(
+                    "create",
+                    request.resource.group or "",
+                    request.resource.plural,
+                    None,
+                    namespace,
+                    body["metadata"]["name"],
+                )
+                raise _forbidden(written, f"{BLOCK_OWNER_DELETION}: {rbac.forbidden_reason(user, finalizers)}")
+
+    def _resource_of(self, api_version: str, kind: str) -> kmock.resource | None:
+        group, _, version = api_version.rpartition("/")
+        for resource, info in self.resources.items():
+            if info.kind == kind and (resource.group or "") == group and resource.version == version:
+                return resource
+        return None
 
     def _get_resources(self) -> list[kmock.resource]:
         """Discovery lists registered kinds only, not kinds of leftover (deleted) objects."""
@@ -602,10 +708,12 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             body.pop("status", None)
         if request.resource == CRDS:
             self._accept_crd(body)
+        body, warnings = self._admit(request, body, None)
+        self._check_owner_references(request, body, None)
         self._store(key, body, "ADDED")
         if request.resource == CRDS:
             self._register_crd(None, body)
-        return kmock.Response(status=201, payload=body)
+        return kmock.Response(status=201, payload=body, headers=_warning_headers(warnings))
 
     def _new_metadata(self, meta: Body, namespace: str | None) -> Body:
         meta = {k: v for k, v in meta.items() if k not in ("deletionTimestamp", "generateName")}
@@ -653,7 +761,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
 
     def _write_update(
         self, request: kmock.Request, info: kmock.ResourceInfo, key: ObjectKey, old: Body, new: Body
-    ) -> Body:
+    ) -> kmock.Payload:
         """Apply the server's rules to an update, then store it (or finish a pending deletion).
 
         * ``/status`` changes only ``status``; the main endpoint keeps ``status`` as it was
@@ -664,6 +772,8 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         * Server-owned metadata (uid, creationTimestamp, deletionTimestamp) cannot be changed,
           finalizers cannot be added once deletion started, and removing the last finalizer of
           a deleting object removes the object.
+        * A custom resource is admitted as a whole (pruned, defaulted, validated: ``_admit``),
+          whichever endpoint changed it.
         """
         sent_rv = (new.get("metadata") or {}).get("resourceVersion")
         if request.subresource != "scale" and sent_rv and sent_rv != old["metadata"]["resourceVersion"]:
@@ -673,8 +783,13 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         _refuse_new_finalizers(old, new)
         if request.resource == CRDS:
             self._accept_crd(new)
+        new, warnings = self._admit(request, new, old)
+        self._check_owner_references(request, new, old)
         if new == old:
-            return old
+            return kmock.Response(
+                payload=self._scale_view(request.resource, old) if request.subresource == "scale" else old,
+                headers=_warning_headers(warnings),
+            )
         if _content(new, info) != _content(old, info):
             new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
         new["metadata"]["resourceVersion"] = self._next_rv()
@@ -684,7 +799,8 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             self._store(key, new, "MODIFIED")
             if request.resource == CRDS:
                 self._register_crd(old, new)
-        return self._scale_view(request.resource, new) if request.subresource == "scale" else new
+        body = self._scale_view(request.resource, new) if request.subresource == "scale" else new
+        return kmock.Response(payload=body, headers=_warning_headers(warnings))
 
     def _scope_update(self, request: kmock.Request, info: kmock.ResourceInfo, old: Body, new: Body) -> Body:
         if request.subresource == "status":
@@ -699,6 +815,21 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         if "status" in info.subresources:
             return {**new, "status": old["status"]} if "status" in old else _without(new, "status")
         return new
+
+    def _admit(self, request: kmock.Request, body: Body, old: Body | None) -> tuple[Body, list[str]]:
+        """Prune, default and validate a custom resource against its CRD (``tests.k8s_admission``).
+
+        kmock stored whatever was sent. The server answers a 422 ``Invalid`` naming each bad
+        field (a 400 for unknown fields under ``?fieldValidation=Strict``) and otherwise stores
+        the pruned, defaulted object, with a ``Warning`` header per unknown field it dropped.
+        """
+        schema = self._schemas.get(request.resource)
+        if schema is None:
+            return body, []
+        try:
+            return schema.admit(body, old, request.params.get("fieldValidation", ""))
+        except Rejected as rejected:
+            raise api_error(rejected.status, rejected.reason, rejected.message, **rejected.details) from None
 
     # -- delete ----------------------------------------------------------------------------
 
@@ -772,6 +903,10 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
         expected = f"{names.get('plural')}.{crd.get('spec', {}).get('group')}"
         if crd["metadata"].get("name") != expected:
             raise api_error(422, "Invalid", f"metadata.name must be spec.names.plural+'.'+spec.group: {expected!r}")
+        try:
+            crd_schemas(crd)  # a CEL rule that does not compile rejects the CRD, as on the server
+        except Rejected as rejected:
+            raise api_error(rejected.status, rejected.reason, rejected.message) from None
         conditions = (crd.get("status") or {}).get("conditions") or [
             {"type": kind, "status": "True", "reason": reason, "lastTransitionTime": now_rfc3339()}
             for kind, reason in (("NamesAccepted", "NoConflicts"), ("Established", "InitialNamesAccepted"))
@@ -785,9 +920,14 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
             self._unregister_crd(old, delete_objects=False)
         spec = crd["spec"]
         names = spec["names"]
+        schemas = crd_schemas(crd)
         for version in spec.get("versions", []):
             if not version.get("served", True):
                 continue
+            if version["name"] in schemas:
+                self._schemas[kmock.resource(spec["group"], version["name"], names["plural"])] = schemas[
+                    version["name"]
+                ]
             self.resources[kmock.resource(spec["group"], version["name"], names["plural"])] = kmock.ResourceInfo(
                 kind=names["kind"],
                 singular=names.get("singular") or names["kind"].lower(),
@@ -807,6 +947,7 @@ class KubeApiEmulator(kmock.KubernetesEmulator):
                     self._forget(key, body)
             if resource in self.resources:
                 del self.resources[resource]
+            self._schemas.pop(resource, None)
 
     def _crd_version(self, resource: kmock.resource) -> Body | None:
         crd = self._live((CRDS, None, f"{resource.plural}.{resource.group}"))
@@ -958,6 +1099,17 @@ def _generated_name(prefix: str | None) -> str:
     return prefix + secrets.token_hex(3)[:5]
 
 
+def _forbidden(attributes: rbac.Attributes, reason: str) -> kmock.KubernetesError:
+    details = {"name": attributes.name, "group": attributes.group, "kind": attributes.resource}
+    message = rbac.forbidden_message(attributes, reason)
+    return api_error(403, "Forbidden", message, **{key: value for key, value in details.items() if value is not None})
+
+
+def _warning_headers(warnings: list[str]) -> dict[str, str]:
+    """Warnings as the server sends them (``299 - "text"``), which kubectl prints as ``Warning: text``."""
+    return {"Warning": ", ".join(f"299 - {json.dumps(text)}" for text in warnings)} if warnings else {}
+
+
 def _without(body: Body, key: str) -> Body:
     return {k: v for k, v in body.items() if k != key}
 
@@ -1020,13 +1172,17 @@ def _row_object(item: Body, include: str | None) -> Body:
 # ---------------------------------------------------------------------------------------------
 
 
-def write_kubeconfig(path: Path, server_url: str, namespace: str = "default") -> Path:
-    """Point kubectl and the Kubernetes clients at the emulator (plain HTTP, a dummy token)."""
+def write_kubeconfig(path: Path, server_url: str, namespace: str = "default", token: str = ADMIN_TOKEN) -> Path:
+    """Point kubectl and the Kubernetes clients at the emulator (plain HTTP), as the admin by default.
+
+    A token from ``KubeApiEmulator.issue_token`` logs in as its user instead (the Python clients
+    send it; kubectl sends no token over plain HTTP, so it stays the admin: use ``--as``).
+    """
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "emulator", "cluster": {"server": server_url}}],
-        "users": [{"name": "emulator", "user": {"token": "emulator-dummy-token"}}],
+        "users": [{"name": "emulator", "user": {"token": token}}],
         "contexts": [
             {"name": "emulator", "context": {"cluster": "emulator", "user": "emulator", "namespace": namespace}}
         ],

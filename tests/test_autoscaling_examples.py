@@ -4,14 +4,21 @@ metric names HELIOS workers really export."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import kubernetes_validate
+import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from helios_operator.crds import VERSION
+from helios_operator.crds import VERSION, crd_files
 from helios_operator.spec import API_GROUP as GROUP
 from helios_worker.vllm_metrics import VllmMetrics
+
+if TYPE_CHECKING:
+    from tests.k8s_fixtures import K8sApi
+
+pytest_plugins = ["tests.k8s_fixtures"]
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "autoscaling"
 
@@ -48,3 +55,17 @@ def test_hpa_is_a_valid_kubernetes_object_on_the_adapter_name_of_an_exported_met
     target_is_our_heliosdeployment(hpa)
     adapter_name = hpa["spec"]["metrics"][0]["pods"]["metric"]["name"]
     assert adapter_name.replace("vllm_", "vllm:", 1) in exported_names()
+
+
+@pytest.mark.timeout(60)
+def test_the_scale_subresource_they_drive_is_admitted_like_any_write(k8s_api: K8sApi) -> None:
+    """HPA and KEDA write /scale; the server admits the result against the CRD like any other write."""
+    for text in crd_files().values():
+        k8s_api.apply(text)
+    k8s_api.apply((EXAMPLES.parent / "llama-early-exit.yaml").read_text())
+    k8s_api.kubectl("scale", "hd", "llama-ee", "--replicas=3")
+    assert k8s_api.kubectl_json("get", "hd", "llama-ee")["spec"]["replicas"] == 3
+    refused = k8s_api.kubectl(
+        "patch", "hd", "llama-ee", "--subresource=scale", "--type=merge", "-p", '{"spec":{"replicas":-1}}', check=False
+    )
+    assert refused.returncode != 0 and "spec.replicas: Invalid value: -1" in refused.stderr

@@ -2,25 +2,37 @@
 
 ``jsonschema`` (Draft 4, whose boolean ``exclusiveMinimum`` matches OpenAPI v3) stands in for
 the API server's schema validation; ``nullable`` is translated to a null type as the server
-reads it. CEL rules are not evaluated here (no CEL runtime); pydantic checks the same rules.
+reads it. The CEL rules run in the emulator's admission (tests/k8s_admission.py, with a real CEL
+runtime); here they are checked to be cheap and to forbid what pydantic forbids.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from helios_operator.cli import main
 from helios_operator.crds import crd_files, helios_deployment_crd, helios_status_crd, structural_schema
 from helios_operator.heliosstatus import CandidateEvaluation, HeliosStatusReport
 from helios_operator.policy import predict
-from helios_operator.spec import HeliosDeploymentSpec
+from helios_operator.spec import (
+    DURATION_PATTERN,
+    MAX_CANDIDATES,
+    QUANTITY_PATTERN,
+    HeliosDeploymentSpec,
+    parse_duration,
+    parse_quantity,
+)
+from tests.k8s_admission import CustomResourceSchema, Rejected
 from tests.report_factory import make_report, make_spec
 
 CRDS_DIR = Path(__file__).resolve().parent.parent / "crds"
@@ -265,3 +277,82 @@ def test_helios_crds_prints_every_crd(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["crds"]) == 0
     documents = list(yaml.safe_load_all(capsys.readouterr().out))
     assert [d["metadata"]["name"] for d in documents] == ["heliosdeployments.helios.dev", "heliosstatuses.helios.dev"]
+
+
+# --- patterns and the name rule (what admission checks before the operator sees a spec) -------------
+
+DURATIONS = {
+    "admitted": ["15s", "500ms", "2m", "1h30m", "1m30.5s", "1.s", ".5s", "7", "2.5", "1e3", "90"],
+    "refused": ["", "banana", "15x", "s", "1h 30m", "-5s", "5s3", "0.4s5", "1e999", "1.2.3"],
+    "parsed, yet refused by the server": [" 15s", "+5", "1_0"],  # Python's float() is lenient
+}
+QUANTITIES = {
+    "admitted": ["8Gi", "8GiB", "500M", "1.5Gi", "64Ki", "1e9", "1k", "4096", "8 Gi", ".5Ki"],
+    "refused": ["lots", "8Gx", "-1Gi", "Gi", "8 G i", "1.5.5", "8gi", ""],
+    "parsed, yet refused by the server": [" 8Gi"],
+}
+
+
+@pytest.mark.parametrize(
+    ("pattern", "parse", "cases"),
+    [(DURATION_PATTERN, parse_duration, DURATIONS), (QUANTITY_PATTERN, parse_quantity, QUANTITIES)],
+    ids=["duration", "quantity"],
+)
+def test_int_or_string_patterns_admit_what_the_parsers_read(pattern: str, parse: Any, cases: Any) -> None:
+    for text in cases["admitted"]:
+        assert re.search(pattern, text), text
+        parse(text)
+    for text in cases["refused"]:
+        assert not re.search(pattern, text), text
+        with pytest.raises(ValueError):
+            parse(text)
+    for text in cases["parsed, yet refused by the server"]:
+        assert not re.search(pattern, text), text
+        parse(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.from_regex(DURATION_PATTERN, fullmatch=True).filter(lambda text: len(text) < 30))
+def test_every_duration_the_pattern_admits_parses(text: str) -> None:
+    assert parse_duration(text) >= 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.from_regex(QUANTITY_PATTERN, fullmatch=True).filter(lambda text: len(text) < 30))
+def test_every_quantity_the_pattern_admits_parses(text: str) -> None:
+    assert parse_quantity(text) >= 0
+
+
+def test_duration_and_quantity_fields_carry_their_patterns() -> None:
+    root = helios_deployment_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    found = {
+        path: node["pattern"]
+        for path, node in walk(root)
+        if node.get("x-kubernetes-int-or-string") and "pattern" in node
+    }
+    assert found["$.spec.monitoring.interval"] == DURATION_PATTERN
+    assert found["$.spec.memoryBudget"] == QUANTITY_PATTERN
+    assert found["$.spec.worker.shmSize"] == QUANTITY_PATTERN
+    untyped = [path for path, node in walk(root) if node.get("x-kubernetes-int-or-string") and "pattern" not in node]
+    assert untyped == [], f"int-or-string fields without a pattern: {untyped}"
+
+
+def test_a_heliosdeployment_name_must_be_a_service_name_and_the_rule_is_cheap() -> None:
+    root = helios_deployment_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    [rule] = root["x-kubernetes-validations"]
+    assert rule["fieldPath"] == ".metadata.name" and "self.metadata.name" in rule["rule"]
+    # The strings and lists rules walk are bounded, so the server's CEL cost estimate stays small.
+    assert root["properties"]["metadata"]["properties"]["name"]["maxLength"] == 63
+    assert root["properties"]["spec"]["properties"]["candidates"]["maxItems"] == MAX_CANDIDATES
+    assert root["properties"]["spec"]["properties"]["candidates"]["items"]["properties"]["name"]["maxLength"] <= 63
+    schema = CustomResourceSchema(root, "helios.dev", "v1alpha1", "HeliosDeployment")
+    body = {
+        "apiVersion": "helios.dev/v1alpha1",
+        "kind": "HeliosDeployment",
+        "spec": {"candidates": VALID_SPECS[0]["candidates"]},
+    }
+    for name in ("demo", "a", "llama-3-ee", "x" * 63):
+        schema.admit({**body, "metadata": {"name": name}})
+    for name in ("demo.v2", "1demo", "demo-", "x" * 64):
+        with pytest.raises(Rejected, match=r"metadata\.name"):
+            schema.admit({**body, "metadata": {"name": name}})

@@ -3,6 +3,8 @@
 ``e2e.pod_runner`` plays kubelet and the Deployment controller: evaluation pods and serving
 pods become ``helios serve`` processes on 127.0.0.1. The HeliosDeployment is applied with the
 real kubectl; its two candidates are the built-in 8-layer ``helios-ee-tiny`` under two names.
+The operator logs in as the Helm chart's ServiceAccount, so the emulator enforces the chart's
+RBAC on each of its calls, and admits every manifest as a real API server would (CRD schema, CEL).
 The test checks the evaluation, the serving Deployment, requests answered by the worker, and
 that out-of-domain traffic provokes a breach storm whose decision (more layers, or a switch)
 shows in the HeliosStatus history, with no failed request across the change. Requests go to a
@@ -144,7 +146,7 @@ def pod_runner(k8s_api: K8sApi, tmp_path: Path) -> Iterator[PodRunner]:
 
 @pytest.mark.timeout(240)
 def test_evaluate_serve_and_adapt_with_real_workers(
-    k8s_api: K8sApi, kopf_operator: OperatorFactory, pod_runner: PodRunner, monkeypatch: pytest.MonkeyPatch
+    k8s_api: K8sApi, helios_operator: OperatorFactory, pod_runner: PodRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HELIOS_OPERATOR_TICK", "0.5")
     monkeypatch.setenv("HELIOS_OPERATOR_EVALUATION_POLL", "1")
@@ -155,7 +157,7 @@ def test_evaluate_serve_and_adapt_with_real_workers(
     out_of_domain = [line for line in packaged_prompts_path("out_of_domain.txt").read_text().splitlines() if line]
     traffic = Traffic(k8s_api)
 
-    with kopf_operator(HANDLERS, namespace="default") as runner:
+    with helios_operator(HANDLERS, namespace="default") as runner:
         k8s_api.apply(HELIOS_DEPLOYMENT)
         # Evaluation: one real worker per candidate, then a selection.
         status = wait_for(lambda: (s := hd_status(k8s_api))["phase"] == "Serving" and s, "Serving", timeout=120)

@@ -91,8 +91,9 @@ def test_defaults_lint_clean_and_render_the_operator(chart) -> None:
         [
             "CustomResourceDefinition",
             "CustomResourceDefinition",
-            "ClusterRole",
-            "ClusterRoleBinding",
+            "Role",  # namespaced by default (least privilege); cluster-wide is opt-in
+            "RoleBinding",
+            "NetworkPolicy",
             "Deployment",
             "ServiceAccount",
         ]
@@ -118,7 +119,7 @@ def test_operator_deployment_runs_helios_operator_securely(chart) -> None:
     assert "--liveness=http://0.0.0.0:8080/healthz" in args
     assert "--standalone" in args
     parsed = build_parser().parse_args(args)  # flags `helios operator` really has
-    assert parsed.standalone and parsed.namespace is None
+    assert parsed.standalone and parsed.namespace == ["$(HELIOS_WATCH_NAMESPACE)"]  # namespaced by default
     probe = container["livenessProbe"]["httpGet"]
     ports = {port["name"]: port["containerPort"] for port in container["ports"]}
     assert probe["path"] == "/healthz" and ports[probe["port"]] == 8080
@@ -200,7 +201,7 @@ def test_generated_chart_files_are_current() -> None:
 
 
 def test_cluster_wide_rbac_equals_the_operators_list(chart) -> None:
-    objects = render(chart)
+    objects = render(chart, {"rbac": {"clusterWide": True}})
     role = only(objects, "ClusterRole")
     assert role["rules"] == rules()
     binding = only(objects, "ClusterRoleBinding")
@@ -216,7 +217,7 @@ def test_cluster_wide_rbac_equals_the_operators_list(chart) -> None:
 
 
 def test_namespaced_rbac_watches_the_release_namespace(chart) -> None:
-    objects = render(chart, {"rbac": {"clusterWide": False}})
+    objects = render(chart)  # the default
     assert not {"ClusterRole", "ClusterRoleBinding"} & kinds(objects)
     role = only(objects, "Role")
     assert role["metadata"]["namespace"] == NAMESPACE
@@ -242,10 +243,29 @@ def test_namespaced_rbac_for_listed_namespaces(chart) -> None:
     assert "HELIOS_WATCH_NAMESPACE" not in env_of(container)
 
 
+def test_operator_network_policy_admits_only_the_health_port(chart) -> None:
+    objects = render(chart)
+    policy = only(objects, "NetworkPolicy")["spec"]
+    pod_labels = only(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]
+    assert operator_container(objects)["ports"][0]["containerPort"] == 8080
+    assert "NetworkPolicy" not in kinds(render(chart, {"operator": {"networkPolicy": {"enabled": False}}}))
+
+
+def test_pod_runs_as_the_images_user(chart) -> None:
+    dockerfile = (ROOT / "operator" / "Dockerfile").read_text(encoding="utf-8")
+    user = re.search(r"^USER (\d+):(\d+)$", dockerfile, re.MULTILINE)
+    assert user is not None
+    context = only(render(chart), "Deployment")["spec"]["template"]["spec"]["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"]) == (int(user[1]), int(user[2]))
+
+
 def test_rbac_and_service_account_can_be_left_out(chart) -> None:
     values = {"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "existing"}}
     objects = render(chart, values)
-    assert kinds(objects) == {"CustomResourceDefinition", "Deployment"}
+    assert kinds(objects) == {"CustomResourceDefinition", "Deployment", "NetworkPolicy"}
     assert only(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "existing"
 
 
@@ -259,7 +279,8 @@ def _selects_worker_pods(selector: dict[str, str]) -> bool:
 
 def test_monitors_are_off_by_default_and_select_the_workers(chart) -> None:
     assert not {"PodMonitor", "ServiceMonitor"} & kinds(render(chart))
-    pod_monitor = only(render(chart, {"metrics": {"podMonitor": {"enabled": True}}}), "PodMonitor")
+    values = {"metrics": {"podMonitor": {"enabled": True}}, "rbac": {"clusterWide": True}}
+    pod_monitor = only(render(chart, values), "PodMonitor")
     assert _selects_worker_pods(pod_monitor["spec"]["selector"]["matchLabels"])
     assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
     (endpoint,) = pod_monitor["spec"]["podMetricsEndpoints"]

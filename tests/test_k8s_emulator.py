@@ -7,12 +7,17 @@ import queue
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import yaml
 
+from helios_operator.crds import crd_files
+from tests.k8s_admission import go_value
 from tests.k8s_emulator import parse_label_selector, strategic_merge_patch
 
 if TYPE_CHECKING:  # imported for real by pytest_plugins, which lets pytest rewrite its asserts
@@ -278,3 +283,172 @@ def test_kopf_operator_creates_child_and_status(k8s_api: K8sApi, kopf_operator: 
         wait_until(lambda: not exists(k8s_api, "cm", "w1-config"), what="the child's garbage collection")
     assert runner.exit_code == 0 and runner.exception is None
     assert "Handler 'create_child' succeeded" in runner.output
+
+
+# --- admission: the CRD's schema and CEL rules, as a real API server applies them ----------------------
+
+HD_PATH = "/apis/helios.dev/v1alpha1/namespaces/default/heliosdeployments"
+
+
+def heliosdeployment(name: str = "demo", **spec: Any) -> dict[str, Any]:
+    candidates = [{"name": "small", "model": "org/small"}]
+    return {
+        "apiVersion": "helios.dev/v1alpha1",
+        "kind": "HeliosDeployment",
+        "metadata": {"name": name},
+        "spec": {"candidates": candidates, **spec},
+    }
+
+
+def call(k8s_api: K8sApi, method: str, path: str, body: Any = None, **headers: str) -> tuple[int, dict[str, Any]]:
+    """One raw HTTP request to the emulator: the status code and the JSON answer."""
+    data = None if body is None else json.dumps(body).encode()
+    content_type = {"PATCH": "application/merge-patch+json"}.get(method, "application/json")
+    request = urllib.request.Request(k8s_api.url + path, data, {"Content-Type": content_type, **headers}, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture
+def helios_crds(k8s_api: K8sApi) -> K8sApi:
+    for text in crd_files().values():
+        k8s_api.apply(text)
+    return k8s_api
+
+
+LONG_NAME = "a" * 64
+# (manifest, what kubectl prints) for what a real API server refuses
+REFUSED = {
+    "fractional interval": (
+        heliosdeployment(monitoring={"interval": 0.4}),
+        'spec.monitoring.interval: Invalid value: "number": spec.monitoring.interval in body must be of type '
+        'integer,string: "number"',
+    ),
+    "interval banana": (
+        heliosdeployment(monitoring={"interval": "banana"}),
+        'spec.monitoring.interval: Invalid value: "banana": spec.monitoring.interval in body should match',
+    ),
+    "quantity lots": (
+        heliosdeployment(memoryBudget="lots"),
+        'spec.memoryBudget: Invalid value: "lots": spec.memoryBudget in body should match',
+    ),
+    "name with a dot": (
+        heliosdeployment(name="demo.v2"),
+        'metadata.name: Invalid value: "object": must be a valid Service name',
+    ),
+    "name starting with a digit": (
+        heliosdeployment(name="1demo"),
+        'metadata.name: Invalid value: "object": must be a valid Service name',
+    ),
+    "name of 64 characters": (
+        heliosdeployment(name=LONG_NAME),
+        "metadata.name: Too long: may not be more than 63 bytes",
+    ),
+    "CEL: maxBreaches above the window": (
+        heliosdeployment(monitoring={"breachWindowTokens": 20, "maxBreaches": 30}),
+        'spec.monitoring.maxBreaches: Invalid value: "object": maxBreaches must be <= breachWindowTokens',
+    ),
+    "CEL: two prompt sources": (
+        heliosdeployment(evaluation={"prompts": {"inline": ["hi"], "recentTraffic": True}}),
+        'spec.evaluation.prompts: Invalid value: "object": choose one prompt source',
+    ),
+    "enum": (
+        heliosdeployment(objective="fastest"),
+        'spec.objective: Unsupported value: "fastest": supported values: "throughput", "latency", "energy", '
+        '"batchSize"',
+    ),
+    "minimum": (
+        heliosdeployment(replicas=-1),
+        "spec.replicas: Invalid value: -1: spec.replicas in body should be greater than or equal to 0",
+    ),
+    "required": ({**heliosdeployment(), "spec": {"objective": "latency"}}, "spec.candidates: Required value"),
+    "unknown field": (heliosdeployment(replica=2), 'strict decoding error: unknown field "spec.replica"'),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_admission_refuses_what_a_real_server_refuses(helios_crds: K8sApi, case: str) -> None:
+    manifest, printed = REFUSED[case]
+    error = helios_crds.apply_error(yaml.safe_dump(manifest))
+    assert printed in error
+    if "strict decoding" not in printed:
+        assert f'The HeliosDeployment "{manifest["metadata"]["name"]}" is invalid' in error
+    assert not helios_crds.kubectl_json("get", "hd")["items"]
+
+
+@pytest.mark.timeout(60)
+def test_an_invalid_object_is_a_422_status_with_a_cause_per_field(helios_crds: K8sApi) -> None:
+    manifest = heliosdeployment(monitoring={"interval": "banana", "cooldown": 0.5})
+    code, status = call(helios_crds, "POST", HD_PATH, manifest)
+    assert code == 422
+    assert status["kind"] == "Status" and status["status"] == "Failure" and status["reason"] == "Invalid"
+    assert status["message"].startswith('HeliosDeployment.helios.dev "demo" is invalid: [spec.monitoring.')
+    assert 'spec.monitoring.interval: Invalid value: "banana": spec.monitoring.interval in body' in status["message"]
+    details = status["details"]
+    assert (details["name"], details["group"], details["kind"]) == ("demo", "helios.dev", "HeliosDeployment")
+    causes = {cause["field"]: cause for cause in details["causes"]}
+    assert causes["spec.monitoring.interval"]["reason"] == "FieldValueInvalid"
+    assert causes["spec.monitoring.interval"]["message"].startswith('Invalid value: "banana": ')
+    assert causes["spec.monitoring.cooldown"]["reason"] == "FieldValueTypeInvalid"
+    # A type error blocks the CEL rules, which the server then says it did not check.
+    assert causes["<nil>"]["message"].endswith("correct the existing errors to complete validation")
+
+
+@pytest.mark.timeout(60)
+def test_admission_applies_defaults_and_prunes_unknown_fields(helios_crds: K8sApi) -> None:
+    manifest = heliosdeployment(monitoring={"interval": "2s"}, worker={"tolerance": 1})
+    applied = helios_crds.kubectl("apply", "--validate=warn", "-f", "-", input=yaml.safe_dump(manifest))
+    assert 'Warning: unknown field "spec.worker.tolerance"' in applied.stderr
+    spec = helios_crds.kubectl_json("get", "hd", "demo")["spec"]
+    assert spec["objective"] == "throughput" and spec["replicas"] == 1 and spec["contextTokens"] == 2048
+    assert spec["monitoring"]["interval"] == "2s"  # given
+    assert spec["monitoring"]["cooldown"] == "60s" and spec["monitoring"]["maxBreaches"] == 50  # defaulted
+    assert "tolerance" not in spec["worker"]  # pruned
+    assert "evaluation" not in spec  # no default for a whole object: only inside one that is given
+
+
+@pytest.mark.timeout(60)
+def test_every_kind_of_write_is_admitted(helios_crds: K8sApi) -> None:
+    helios_crds.apply(yaml.safe_dump(heliosdeployment()))
+    bad = '{"spec":{"monitoring":{"interval":"soon"}}}'
+    merge = helios_crds.kubectl("patch", "hd", "demo", "--type=merge", "-p", bad, check=False)
+    assert merge.returncode != 0 and 'spec.monitoring.interval: Invalid value: "soon"' in merge.stderr
+    json_patch = '[{"op":"add","path":"/spec/replicas","value":-2}]'
+    refused = helios_crds.kubectl("patch", "hd", "demo", "--type=json", "-p", json_patch, check=False)
+    assert refused.returncode != 0 and "spec.replicas: Invalid value: -2" in refused.stderr
+    status = '{"status":{"phase":"Sleeping"}}'
+    refused = helios_crds.kubectl(
+        "patch", "hd", "demo", "--subresource=status", "--type=merge", "-p", status, check=False
+    )
+    assert refused.returncode != 0 and 'status.phase: Unsupported value: "Sleeping"' in refused.stderr
+    code, answer = call(helios_crds, "PATCH", f"{HD_PATH}/demo/scale", {"spec": {"replicas": -1}})
+    assert code == 422 and answer["details"]["causes"][0]["field"] == "spec.replicas"
+    replaced = helios_crds.kubectl_json("get", "hd", "demo")
+    replaced["spec"]["monitoring"] = {"interval": "banana"}
+    refused = helios_crds.kubectl("replace", "-f", "-", input=json.dumps(replaced), check=False)
+    assert refused.returncode != 0 and 'Invalid value: "banana"' in refused.stderr
+    # A status the schema admits is stored, pruned of what it does not declare.
+    status = '{"status":{"phase":"Serving","kopf":{"progress":{}}}}'
+    helios_crds.kubectl("patch", "hd", "demo", "--subresource=status", "--type=merge", "-p", status)
+    assert helios_crds.kubectl_json("get", "hd", "demo")["status"]["phase"] == "Serving"
+    assert "kopf" not in helios_crds.kubectl_json("get", "hd", "demo")["status"]
+    assert helios_crds.kubectl_json("get", "hd", "demo")["spec"]["replicas"] == 1  # nothing refused was stored
+
+
+@pytest.mark.timeout(60)
+def test_a_crd_whose_cel_rule_does_not_compile_is_refused(k8s_api: K8sApi) -> None:
+    broken = WIDGET_CRD.replace(
+        "schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}",
+        "schema: {openAPIV3Schema: {type: object, x-kubernetes-validations: [{rule: 'self.size >'}]}}",
+    )
+    error = k8s_api.apply_error(broken)
+    assert "x-kubernetes-validations[0].rule" in error and "compilation failed" in error
+
+
+@pytest.mark.parametrize(("value", "printed"), [(0.4, "0.4"), (-1, "-1"), (1.0, "1"), ("x", '"x"'), (None, '"null"')])
+def test_bad_values_are_printed_as_go_prints_them(value: Any, printed: str) -> None:
+    assert go_value(value) == printed

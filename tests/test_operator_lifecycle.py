@@ -20,7 +20,6 @@ import yaml
 from helios_operator.crds import crd_files
 from tests.operator_fakes import FakeWorker, FakeWorkers
 from tests.report_factory import make_report
-from tests.test_crds import spec_validator
 
 if TYPE_CHECKING:
     from tests.k8s_fixtures import K8sApi, OperatorFactory
@@ -75,14 +74,15 @@ def fakes() -> Iterator[FakeWorkers]:
 
 
 @pytest.fixture
-def operator(k8s_api: K8sApi, kopf_operator: OperatorFactory, monkeypatch: pytest.MonkeyPatch) -> OperatorFactory:
+def operator(k8s_api: K8sApi, helios_operator: OperatorFactory, monkeypatch: pytest.MonkeyPatch) -> OperatorFactory:
+    """The operator as the chart's ServiceAccount: the emulator enforces the chart's RBAC (403 otherwise)."""
     monkeypatch.setenv("HELIOS_OPERATOR_TICK", "0.3")
     monkeypatch.setenv("HELIOS_OPERATOR_EVALUATION_POLL", "0.3")
     monkeypatch.setenv("HELIOS_OPERATOR_HTTP_TIMEOUT", "1")
     monkeypatch.setenv("HELIOS_OPERATOR_ENDPOINT_ANNOTATION", "1")
     for text in crd_files().values():
         k8s_api.apply(text)
-    return kopf_operator
+    return helios_operator
 
 
 def hd_status(k8s_api: K8sApi) -> dict[str, Any]:
@@ -499,15 +499,21 @@ def test_a_round_whose_status_patch_was_lost_is_not_run_again(
 
 @pytest.mark.timeout(60)
 def test_invalid_spec_sets_condition_and_operator_keeps_running(k8s_api: K8sApi, operator: OperatorFactory) -> None:
+    # What the CRD can check, admission refuses (maxBreaches > breachWindowTokens never reaches the
+    # operator); a podTemplate is kept as given, so a sidecar named like HELIOS's worker gets through.
+    refused = heliosdeployment(maxBreaches=50)  # > breachWindowTokens (20)
+    assert "maxBreaches must be <= breachWindowTokens" in k8s_api.apply_error(yaml.safe_dump(refused))
+    manifest = heliosdeployment()
+    manifest["spec"]["worker"]["podTemplate"] = {"spec": {"containers": [{"name": "worker", "image": "busybox:1"}]}}
     with operator(HANDLERS, namespace="default") as runner:
-        k8s_api.apply(yaml.safe_dump(heliosdeployment(maxBreaches=50)))  # > breachWindowTokens (20)
+        k8s_api.apply(yaml.safe_dump(manifest))
         status = wait_for_phase(k8s_api, "Invalid")
         valid = next(c for c in status["conditions"] if c["type"] == "SpecValid")
-        assert valid["status"] == "False" and "spec.monitoring.maxBreaches" not in valid["message"]
-        assert "monitoring.maxBreaches: must be <= breachWindowTokens (20)" in valid["message"]
+        assert valid["status"] == "False" and "spec.worker" not in valid["message"]
+        assert "worker.podTemplate.spec.containers[0].name: 'worker' is the name of HELIOS's" in valid["message"]
         assert not names(k8s_api, "pods")
 
-        patch = {"spec": {"monitoring": {"maxBreaches": 5}}}
+        patch = {"spec": {"worker": {"podTemplate": None}}}
         k8s_api.kubectl("patch", "hd", NAME, "--type=merge", "-p", json.dumps(patch))
         wait_for_phase(k8s_api, "Evaluating")
         wait_for_eval_pods(k8s_api)
@@ -543,8 +549,7 @@ def test_pod_template_reaches_evaluation_pods_and_the_deployment(
     k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers
 ) -> None:
     manifest = heliosdeployment()
-    manifest["spec"]["worker"]["podTemplate"] = POD_TEMPLATE
-    spec_validator().validate(manifest["spec"])  # the emulator does not check the CRD schema; a real server does
+    manifest["spec"]["worker"]["podTemplate"] = POD_TEMPLATE  # admitted by the CRD schema, as a server would
     with operator(HANDLERS, namespace="default") as runner:
         k8s_api.apply(yaml.safe_dump(manifest))
         wait_for_eval_pods(k8s_api)

@@ -24,7 +24,11 @@ Schema = dict[str, Any]
 
 _DEFAULT_WINDOW = MonitoringSpec.model_fields["breach_window_tokens"].default
 
-# CEL rules per pydantic model name: what the model's validators check across fields.
+# CEL rules per pydantic model name: what the model's validators check across fields. Each stays cheap
+# for the API server's static CEL cost estimate, which refuses a CRD whose rule could cost more than
+# its per-rule limit: the lists a rule iterates and the strings it matches have a schema bound
+# (candidates: maxItems 8, so the uniqueness check is at most 64 comparisons; metadata.name: maxLength
+# 63), and the other rules only read a few fields.
 CEL_RULES: dict[str, list[Schema]] = {
     "HeliosDeploymentSpec": [
         {
@@ -69,6 +73,21 @@ QUANTITY_SCHEMA: Schema = {
 }
 _QUANTITY_MAPS = {"ResourceRequirements": ("requests", "limits")}
 
+# The operator names a Service (and label values) after a HeliosDeployment, so its name must be an
+# RFC 1035 label of at most 63 characters, stricter than the RFC 1123 subdomain the server checks.
+# A root rule, as CEL sees only metadata.name and generateName; declaring both as strings makes the
+# server use this schema's maxLength for the rule's cost (and fieldPath can then name the field).
+SERVICE_NAME_METADATA: Schema = {
+    "type": "object",
+    "properties": {"name": {"type": "string", "maxLength": 63}, "generateName": {"type": "string"}},
+}
+SERVICE_NAME_RULE: Schema = {
+    "rule": "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+    "message": "must be a valid Service name: at most 63 lowercase letters, digits or '-', starting with a letter "
+    "and ending with a letter or digit (RFC 1035), because HELIOS names the serving Service after it",
+    "fieldPath": ".metadata.name",
+}
+
 # JSON Schema keywords that mean nothing to the API server (or that it refuses).
 _DROPPED = frozenset({"title", "$defs", "gt", "ge", "lt", "le"})
 
@@ -87,8 +106,9 @@ def _convert(node: Schema, defs: dict[str, Schema], name: str | None = None) -> 
         extra = _convert({k: v for k, v in node.items() if k != "$ref"}, defs)
         return {**inlined, **extra}
     if node.get("x-kubernetes-int-or-string"):
-        # Numeric bounds are checked by pydantic after parsing "15s" or "8Gi"; the schema only types it.
-        kept = {key: node[key] for key in ("description", "default") if node.get(key) is not None}
+        # Numeric bounds are checked by pydantic after parsing "15s" or "8Gi"; the schema types it and
+        # its pattern (spec.DURATION_PATTERN, QUANTITY_PATTERN) checks the string form.
+        kept = {key: node[key] for key in ("description", "default", "pattern") if node.get(key) is not None}
         return {**kept, "x-kubernetes-int-or-string": True, "anyOf": [{"type": "integer"}, {"type": "string"}]}
     options = node.get("anyOf")
     if options and any(option == {"type": "null"} for option in options):
@@ -125,19 +145,24 @@ def _convert(node: Schema, defs: dict[str, Schema], name: str | None = None) -> 
     return result
 
 
-def _root_schema(spec: type[BaseModel], status: type[BaseModel], description: str) -> Schema:
-    return {
+def _root_schema(
+    spec: type[BaseModel], status: type[BaseModel], description: str, names_a_service: bool = False
+) -> Schema:
+    root: Schema = {
         "type": "object",
         "description": description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string", "description": "helios.dev/v1alpha1"},
             "kind": {"type": "string", "description": "The kind of the object."},
-            "metadata": {"type": "object"},
+            "metadata": SERVICE_NAME_METADATA if names_a_service else {"type": "object"},
             "spec": structural_schema(spec),
             "status": structural_schema(status),
         },
     }
+    if names_a_service:
+        root["x-kubernetes-validations"] = [SERVICE_NAME_RULE]
+    return root
 
 
 def _column(name: str, type_: str, path: str, description: str, priority: int = 0) -> Schema:
@@ -155,7 +180,10 @@ def helios_deployment_crd() -> Schema:
         "storage": True,
         "schema": {
             "openAPIV3Schema": _root_schema(
-                HeliosDeploymentSpec, OperatorStatus, "Early-exit LLM serving that HELIOS adapts to its traffic."
+                HeliosDeploymentSpec,
+                OperatorStatus,
+                "Early-exit LLM serving that HELIOS adapts to its traffic.",
+                names_a_service=True,
             )
         },
         "subresources": {

@@ -106,12 +106,22 @@ def parse_quantity(value: Any) -> int:
     return math.ceil(float(match["number"]) * _QUANTITY_MULTIPLIER[match["suffix"]])
 
 
-# The CRD stores these as int-or-string (the Kubernetes convention for quantities).
-_INT_OR_STRING = WithJsonSchema(
-    {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True}
-)
-Duration = Annotated[float, BeforeValidator(parse_duration), _INT_OR_STRING]
-Quantity = Annotated[int, BeforeValidator(parse_quantity), _INT_OR_STRING]
+# The string forms the parsers take, as the CRD's patterns (an int-or-string pattern applies to the
+# string form; RE2 and ECMA syntax alike), so the API server refuses "banana" and "0.4s5" itself.
+# The strings they match parse (tests/test_crds.py checks both ways); bounds stay with pydantic.
+DURATION_PATTERN = r"^(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,2})?$|^((\d+(\.\d*)?|\.\d+)(ms|s|m|h))+$"
+QUANTITY_PATTERN = r"^(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,2})?\s*([KMGTPE]i|[kKMGTPE])?B?$"
+
+
+def _int_or_string(pattern: str) -> WithJsonSchema:
+    """The CRD stores these as int-or-string (the Kubernetes convention for quantities)."""
+    return WithJsonSchema(
+        {"anyOf": [{"type": "integer"}, {"type": "string"}], "x-kubernetes-int-or-string": True, "pattern": pattern}
+    )
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), _int_or_string(DURATION_PATTERN)]
+Quantity = Annotated[int, BeforeValidator(parse_quantity), _int_or_string(QUANTITY_PATTERN)]
 K8sQuantity = Annotated[str, BeforeValidator(str), Field(pattern=_K8S_QUANTITY.pattern)]
 # RFC 1123 subdomain.
 ObjectName = Annotated[

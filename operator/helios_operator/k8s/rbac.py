@@ -1,9 +1,13 @@
 """What the operator may do, listed once; ClusterRole/Role rules are rendered from it.
 
 The Helm chart renders its RBAC from ``PERMISSIONS`` (via ``rules``), so adding an API call
-means adding its verb here. Everything is namespaced: bind the rules with a Role per watched
-namespace, or a ClusterRole for a cluster-wide operator. kopf's CRD and Namespace scanning is
-off (``settings.scanning.disabled``), so no cluster-scoped access is needed.
+means adding its verb here. Least privilege: only the verbs ``kube.py`` and kopf really call, each
+with who calls it; the contract tests run the operator as the chart's ServiceAccount against an
+emulator that enforces these rules (tests/k8s_rbac.py), so a missing verb fails them with a 403.
+Everything is namespaced: bind the rules with a Role per watched namespace (the chart's default),
+or a ClusterRole for a cluster-wide operator. kopf's CRD and Namespace scanning is off
+(``settings.scanning.disabled``) and the chart runs it ``--standalone`` (no KopfPeering objects),
+so no cluster-scoped access is needed.
 """
 
 from __future__ import annotations
@@ -21,15 +25,19 @@ class Permission(NamedTuple):
 
 
 PERMISSIONS: tuple[Permission, ...] = (
-    Permission(API_GROUP, "heliosdeployments", ("get", "list", "watch", "patch"), "watch specs; kopf annotations"),
-    Permission(API_GROUP, "heliosdeployments/status", ("get", "patch"), "phase, conditions, decisions"),
+    Permission(
+        API_GROUP, "heliosdeployments", ("get", "list", "watch", "patch"), "kopf watches and annotates; repairs read"
+    ),
+    Permission(API_GROUP, "heliosdeployments/status", ("patch",), "phase, conditions, decisions (kopf patches)"),
+    # Children's owner references set blockOwnerDeletion, which clusters enforcing owner references
+    # (the OwnerReferencesPermissionEnforcement admission plugin) only allow with this.
+    Permission(API_GROUP, "heliosdeployments/finalizers", ("update",), "blockOwnerDeletion on children"),
     Permission(API_GROUP, "heliosstatuses", ("get", "create", "patch"), "the HeliosStatus report"),
     Permission("", "pods", ("get", "list", "create", "delete"), "evaluation pods; find and scrape workers"),
     Permission("", "services", ("get", "list", "watch", "create", "patch"), "the serving Service; repaired on change"),
     Permission("", "configmaps", ("get", "create", "patch"), "evaluation reports; prompts from a ConfigMap"),
     Permission("apps", "deployments", ("get", "list", "watch", "create", "patch"), "the serving Deployment; repaired"),
     Permission("", "events", ("create",), "a Kubernetes Event per decision (kopf.info/warn)"),
-    Permission("kopf.dev", "kopfpeerings", ("get", "list", "watch", "patch"), "kopf peering (not with --standalone)"),
 )
 
 
