@@ -20,6 +20,7 @@ from a test (``start``/``stop``).
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import hashlib
 import json
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,18 @@ class PodProcess:
     log_path: Path
     is_ready: bool = False
     has_exited: bool = False
+    pre_stop: float | None = None  # the container's preStop sleep, if it has one
+    failure_threshold: int = 1  # the readiness probe's failureThreshold: misses before the pod turns unready
+    misses: int = 0  # readiness probes missed in a row
+    grace: float | None = None  # the pod's terminationGracePeriodSeconds, if set
+
+
+def pre_stop_sleep(pod: Mapping[str, Any]) -> float | None:
+    """Seconds of a ``preStop: exec: [sleep, N]`` hook, the only kind the worker pods use."""
+    command = (((pod["spec"]["containers"][0].get("lifecycle") or {}).get("preStop") or {}).get("exec") or {}).get(
+        "command"
+    )
+    return float(command[1]) if command and command[0] == "sleep" and len(command) == 2 else None
 
 
 def template_hash(template: Mapping[str, Any]) -> str:
@@ -123,13 +136,31 @@ def rollout_step(deployment: Mapping[str, Any], pods: list[Body]) -> tuple[bool,
     return is_create, None
 
 
-def container_env(pod: Mapping[str, Any], workdir: Path) -> dict[str, str]:
-    """The container's literal env, with paths under its volume mounts moved into ``workdir`` (kubelet's mounts)."""
+class MissingReference(ValueError):
+    """An env var refers to a ConfigMap key that does not exist (kubelet: CreateContainerConfigError)."""
+
+
+# "ConfigMap/NAME" or "Secret/NAME" -> its data (a Secret's decoded), None if there is no such object
+ConfigMapData = Callable[[str], Mapping[str, str] | None]
+
+
+def container_env(pod: Mapping[str, Any], workdir: Path, config_maps: ConfigMapData = lambda _: None) -> dict[str, str]:
+    """The container's env as kubelet resolves it at start: ConfigMap and Secret key references read through
+    ``config_maps``, paths under its volume mounts moved into ``workdir`` (kubelet's mounts)."""
     container = pod["spec"]["containers"][0]
     mounts = [m["mountPath"] for m in container.get("volumeMounts") or []]
     env = {}
     for var in container.get("env") or []:
         value = str(var.get("value", ""))
+        source = var.get("valueFrom") or {}
+        if ref := source.get("configMapKeyRef") or source.get("secretKeyRef"):
+            kind = "ConfigMap" if "configMapKeyRef" in source else "Secret"
+            data = config_maps(f"{kind}/{ref['name']}") or {}
+            if ref["key"] not in data:
+                raise MissingReference(f"{kind} {ref['name']} has no key {ref['key']!r}")
+            value = data[ref["key"]]
+        elif source:
+            continue  # fieldRef and the rest: not used by the workers this runner starts
         for mount in mounts:
             if value == mount or value.startswith(mount + "/"):
                 value = str(workdir / value.lstrip("/"))
@@ -145,21 +176,23 @@ def serve_command(pod: Mapping[str, Any]) -> list[str]:
     return command
 
 
-def start_container(pod: Mapping[str, Any], workdir: Path) -> PodProcess:
+def start_container(pod: Mapping[str, Any], workdir: Path, config_maps: ConfigMapData = lambda _: None) -> PodProcess:
     """kubelet starting the pod's container: ``helios serve`` on a free port of 127.0.0.1."""
     name = pod["metadata"]["name"]
     pod_dir = workdir / name
     pod_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     base = {key: value for key, value in os.environ.items() if not key.startswith("HELIOS_")}
-    env = {**base, **container_env(pod, pod_dir), "HELIOS_HOST": "127.0.0.1", "HELIOS_PORT": str(port)}
+    resolved = container_env(pod, pod_dir, config_maps)
+    env = {**base, **resolved, "HELIOS_HOST": "127.0.0.1", "HELIOS_PORT": str(port)}
     log_path = pod_dir / "worker.log"
     with log_path.open("wb") as output:
         process = subprocess.Popen(
             serve_command(pod), env=env, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
     log.info("pod %s: started pid %d on port %d", name, process.pid, port)
-    return PodProcess(name, process, f"http://127.0.0.1:{port}", log_path)
+    grace = pod["spec"].get("terminationGracePeriodSeconds")
+    return PodProcess(name, process, f"http://127.0.0.1:{port}", log_path, pre_stop=pre_stop_sleep(pod), grace=grace)
 
 
 def stop_container(container: PodProcess, pre_stop: float, grace: float) -> int | None:
@@ -283,16 +316,34 @@ class PodRunner:
         name = pod["metadata"]["name"]
         container = self.containers.get(name)
         if container is None:
-            container = self.containers[name] = start_container(pod, self.workdir)
+            try:
+                container = start_container(pod, self.workdir, self._config_map_data)
+            except MissingReference as error:  # kubelet retries such a pod; so does the next pass
+                log.info("pod %s: %s", name, error)
+                return
+            self.containers[name] = container
             self.started.append(container.process.pid)
             self._patch(name, {"metadata": {"annotations": {ENDPOINT_ANNOTATION: container.url}}})
             self._patch(name, {"status": pod_status(container)}, subresource="/status")
             return
         container.has_exited = container.process.poll() is not None
-        container.is_ready = not container.has_exited and is_answering(container.url)
+        # As kubelet: one answer makes a pod ready; it turns unready after failureThreshold misses in a
+        # row (a busy worker missing one 1-second probe keeps its endpoint), or at once when it exited.
+        answered = not container.has_exited and is_answering(container.url)
+        container.misses = 0 if answered else container.misses + 1
+        container.is_ready = answered or (
+            container.is_ready and not container.has_exited and container.misses < container.failure_threshold
+        )
         wanted = pod_status(container)
         if ((pod.get("status") or {}).get("phase"), is_ready(pod)) != (wanted["phase"], container.is_ready):
             self._patch(name, {"status": wanted}, subresource="/status")
+
+    def _config_map_data(self, key: str) -> Mapping[str, str] | None:
+        kind, _, name = key.partition("/")
+        data = (self.kube.get(kind, self.namespace, name) or {}).get("data")
+        if kind == "Secret" and data is not None:
+            return {k: base64.b64decode(v).decode() for k, v in data.items()}
+        return data
 
     def _patch(self, name: str, body: Body, subresource: str = "") -> None:
         path = f"/api/v1/namespaces/{self.namespace}/pods/{name}{subresource}"
@@ -306,7 +357,11 @@ class PodRunner:
         """The pod is gone from the API: stop its process in the background (pre-stop, SIGTERM, SIGKILL)."""
         container = self.containers.pop(name)
         log.info("pod %s deleted: stopping pid %d", name, container.process.pid)
-        thread = threading.Thread(target=stop_container, args=(container, self.pre_stop, GRACE_SECONDS), daemon=True)
+        # The pod's own preStop sleep and grace period, as kubelet runs them (the runner's defaults otherwise).
+        pre_stop = container.pre_stop if container.pre_stop is not None else self.pre_stop
+        grace = max(0.0, float(container.grace) - pre_stop) if container.grace is not None else GRACE_SECONDS
+        args = (container, pre_stop, grace)
+        thread = threading.Thread(target=stop_container, args=args, daemon=True)
         thread.start()
         self.stopping.append(thread)
 

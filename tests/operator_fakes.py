@@ -30,6 +30,7 @@ class FakeWorker:
     evaluation_failure: str | None = None  # set: the evaluation failed, for this reason
     prompts: list[str] = field(default_factory=list)
     posted_layers: list[int] = field(default_factory=list)
+    control_auth: set[str] = field(default_factory=set)  # Authorization headers seen on /v1/helios/*
     url: str = ""
 
     def generate(self, tokens: int, breaches: int, requests: int = 1) -> None:
@@ -62,6 +63,7 @@ class FakeWorker:
         return aiohttp.web.Response(text=self.metrics_text(), content_type="text/plain")
 
     async def _layers(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        self.control_auth.add(request.headers.get("Authorization", ""))
         layers = int((await request.json())["layers"])
         self.posted_layers.append(layers)
         self.layers = layers
@@ -75,7 +77,8 @@ class FakeWorker:
             return {"status": "running", "current": self.model, "completed": 0, "total": 1}
         return {"status": "done", "reports": [report.model_dump(mode="json") for report in self.reports]}
 
-    async def _evaluation(self, _: aiohttp.web.Request) -> aiohttp.web.Response:
+    async def _evaluation(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
+        self.control_auth.add(request.headers.get("Authorization", ""))
         return aiohttp.web.json_response(self.evaluation_status())
 
     async def _prompts(self, _: aiohttp.web.Request) -> aiohttp.web.Response:

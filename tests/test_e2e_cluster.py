@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from e2e.pod_runner import PodRunner
+from e2e.pod_runner import PodRunner, container_env
 from helios_operator.crds import crd_files
 from helios_operator.k8s.manifests import ENDPOINT_ANNOTATION
 from helios_operator.k8s.workers import is_ready
@@ -72,6 +72,7 @@ spec:
     maxBreaches: 8
     targetBreachFraction: 1.0
   worker:
+    preStopDelay: 2s  # the test's "endpoint propagation" is the runner's next poll
     env:
       - name: HELIOS_TORCH_THREADS
         value: "1"
@@ -96,9 +97,14 @@ def hd_status(k8s_api: K8sApi) -> dict[str, Any]:
     return k8s_api.kubectl_json("get", "hd", NAME).get("status", {})
 
 
-def deployment_env(k8s_api: K8sApi) -> dict[str, str]:
-    container = k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["template"]["spec"]["containers"][0]
-    return {e["name"]: e.get("value", "") for e in container["env"]}
+def deployment_env(k8s_api: K8sApi, name: str = NAME) -> dict[str, str]:
+    """The serving container's env as a kubelet would resolve it now (ConfigMap references included)."""
+    deployment = k8s_api.kubectl_json("get", "deployment", name)
+    data = {
+        f"ConfigMap/{c['metadata']['name']}": c.get("data") for c in k8s_api.kubectl_json("get", "configmaps")["items"]
+    }
+    data |= {f"Secret/{c['metadata']['name']}": {"token": "-"} for c in k8s_api.kubectl_json("get", "secrets")["items"]}
+    return container_env({"spec": deployment["spec"]["template"]["spec"]}, Path("/"), data.get)
 
 
 def serving_pods(k8s_api: K8sApi) -> list[dict[str, Any]]:
@@ -183,6 +189,7 @@ def test_evaluate_serve_and_adapt_with_real_workers(
             history = k8s_api.kubectl_json("get", "heliosstatus", NAME)["status"]["decisionHistory"]
             return next((d for d in history if d["kind"] in CHANGES), None)
 
+        pods_before = [p["metadata"]["name"] for p in serving_pods(k8s_api)]
         decision = wait_for(changed, "a layer change or model switch", timeout=60, during=storm)
         assert "breach storm" in decision["reason"]
         env = deployment_env(k8s_api)
@@ -191,15 +198,87 @@ def test_evaluate_serve_and_adapt_with_real_workers(
         else:
             assert env["HELIOS_MODEL_NAME"] == decision["model"] != status["currentModel"]
 
-        # The rollout: a pod of the new template replaces the old one; traffic flows throughout.
-        def rolled() -> bool:
-            pods = serving_pods(k8s_api)
-            envs = [{e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]} for p in pods]
-            return len(pods) == 1 and is_ready(pods[0]) and envs[0] == {**envs[0], **env}
+        if decision["kind"] == "add_layers":
+            # The target leaves the template alone (the serving ConfigMap holds it): nothing rolls.
+            assert [p["metadata"]["name"] for p in serving_pods(k8s_api)] == pods_before
+        else:
+            # A switch: a pod of the new template replaces the old one; traffic flows throughout.
+            def rolled() -> bool:
+                pods = serving_pods(k8s_api)
+                envs = [{e["name"]: e.get("value") for e in p["spec"]["containers"][0]["env"]} for p in pods]
+                return len(pods) == 1 and is_ready(pods[0]) and envs[0]["HELIOS_MODEL_NAME"] == env["HELIOS_MODEL_NAME"]
 
-        wait_for(rolled, "the rollout to the new template", timeout=60, during=storm)
+            wait_for(rolled, "the rollout to the new template", timeout=60, during=storm)
         traffic.send(IN_DOMAIN[0], max_tokens=4)
         assert len(traffic.statuses) > len(IN_DOMAIN) + 1
         assert not traffic.failures, traffic.failures
     assert runner.exception is None
     assert not pod_runner.errors, pod_runner.errors
+
+
+SHADOW_DEPLOYMENT = f"""\
+apiVersion: helios.dev/v1alpha1
+kind: HeliosDeployment
+metadata:
+  name: {NAME}
+  namespace: default
+spec:
+  candidates:
+    - name: ee-tiny
+      model: helios-ee-tiny
+  accuracy:
+    minAgreement: 0.5
+  evaluation:
+    promptsPerCandidate: 3
+    maxNewTokens: 16
+    prompts:
+      inline: {IN_DOMAIN!r}
+  monitoring:
+    interval: 1s
+    cooldown: 0s
+    shadow:
+      fraction: 1.0
+      windowTokens: 10000
+  worker:
+    preStopDelay: 2s  # the test's "endpoint propagation" is the runner's next poll
+    env:
+      - name: HELIOS_TORCH_THREADS
+        value: "1"
+"""
+
+
+@pytest.mark.timeout(240)
+def test_shadow_check_scores_sampled_traffic_at_full_depth(
+    k8s_api: K8sApi, helios_operator: OperatorFactory, pod_runner: PodRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HELIOS_OPERATOR_TICK", "0.5")
+    monkeypatch.setenv("HELIOS_OPERATOR_EVALUATION_POLL", "1")
+    monkeypatch.setenv("HELIOS_OPERATOR_HTTP_TIMEOUT", "5")
+    monkeypatch.setenv("HELIOS_OPERATOR_ENDPOINT_ANNOTATION", "1")
+    for text in crd_files().values():
+        k8s_api.apply(text)
+    client = httpx.Client(timeout=60.0)
+
+    with helios_operator(HANDLERS, namespace="default") as runner:
+        k8s_api.apply(SHADOW_DEPLOYMENT)
+        wait_for(lambda: hd_status(k8s_api)["phase"] == "Serving", "Serving", timeout=120)
+        env = deployment_env(k8s_api, f"{NAME}-shadow")
+        assert env["HELIOS_LAYERS"] == "8" and "HELIOS_SHADOW_FRACTION" not in env
+        assert deployment_env(k8s_api)["HELIOS_SHADOW_FRACTION"] == "1.0"
+        wait_for(lambda: ready_endpoints(k8s_api), "a ready serving pod", timeout=60)
+
+        def greedy_traffic() -> None:  # only greedy requests are sampled
+            url = ready_endpoints(k8s_api)[0]
+            prompt = IN_DOMAIN[int(time.monotonic()) % len(IN_DOMAIN)]
+            body = {"prompt": prompt, "max_tokens": 8, "temperature": 0}
+            assert client.post(f"{url}/v1/completions", json=body).status_code == 200
+
+        def shadow_agreement() -> float | None:
+            telemetry = k8s_api.kubectl_json("get", "heliosstatus", NAME)["status"].get("telemetry") or {}
+            return telemetry.get("shadowAgreement")
+
+        agreement = wait_for(shadow_agreement, "shadow agreement in HeliosStatus", timeout=90, during=greedy_traffic)
+        assert 0.0 < agreement <= 1.0
+        checked = next(c for c in hd_status(k8s_api)["conditions"] if c["type"] == "ShadowChecked")
+        assert checked["status"] == "True" and "scored at full depth" in checked["message"]
+    assert runner.exception is None

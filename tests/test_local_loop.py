@@ -206,7 +206,7 @@ def test_reassessment_on_recent_traffic_switches_model_by_hand_over(tmp_path: Pa
         {
             "candidates": [{"name": "alpha", "model": "test/alpha"}, {"name": "beta", "model": "test/beta"}],
             "accuracy": {"minAgreement": 0.9},
-            "evaluation": {"reassessEveryRequests": 5},
+            "evaluation": {"reassessEveryRequests": 5, "minReassessInterval": 0},
             "monitoring": {"interval": "200ms", "cooldown": 0, "maxBreaches": 100},
         }
     )

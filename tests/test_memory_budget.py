@@ -293,6 +293,8 @@ def test_objective_batch_size_yields_a_worker_that_holds_the_predicted_batch(tin
     decision = select([report], spec, spec.memory_budget)
     assert decision.layers < 4 and decision.max_batch_size > 3  # fewer layers, more sequences
     deployment = manifests.build_deployment(OWNER, spec, spec.candidates[0], decision.layers, "img")
-    env = {e["name"]: e["value"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    env["HELIOS_LAYERS"] = manifests.build_serving_configmap(OWNER, decision.layers)["data"]["layers"]  # as kubelet
     engine = load_engine(ServerSettings.from_sources({}, env))
     assert engine.num_slots == decision.max_batch_size

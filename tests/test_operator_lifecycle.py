@@ -8,6 +8,7 @@ settles in about a second.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -94,9 +95,16 @@ def names(k8s_api: K8sApi, *target: str) -> list[str]:
 
 
 def env_of(k8s_api: K8sApi, kind: str, name: str) -> dict[str, str]:
+    """The container's env as a kubelet would resolve it now (ConfigMap references included)."""
     body = k8s_api.kubectl_json("get", kind, name)
     spec = body["spec"]["template"]["spec"] if kind == "deployment" else body["spec"]
-    return {e["name"]: e.get("value", "") for e in spec["containers"][0]["env"]}
+    env = {}
+    for var in spec["containers"][0]["env"]:
+        if ref := var.get("valueFrom", {}).get("configMapKeyRef"):
+            env[var["name"]] = k8s_api.kubectl_json("get", "configmap", ref["name"])["data"][ref["key"]]
+        elif "valueFrom" not in var:
+            env[var["name"]] = var.get("value", "")
+    return env
 
 
 def play_kubelet(k8s_api: K8sApi, pod: str, worker: FakeWorker) -> None:
@@ -173,6 +181,7 @@ def test_evaluate_serve_adapt_degrade_and_delete(
         )
 
         # A breach storm: 15 of 20 tokens reached the last layer unconfident.
+        template_before = k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["template"]
         worker.generate(tokens=20, breaches=15)
         decision = wait_for(
             lambda: (d := hd_status(k8s_api)["lastDecision"])["kind"] in ("add_layers", "switch_model") and d,
@@ -180,9 +189,18 @@ def test_evaluate_serve_adapt_degrade_and_delete(
         )
         assert "breach storm" in decision["reason"]
         env = env_of(k8s_api, "deployment", NAME)
+        secret = k8s_api.kubectl_json("get", "secret", f"{NAME}-control")
+        token = base64.b64decode(secret["data"]["token"]).decode()
+        assert len(token) >= 32 and secret["metadata"]["ownerReferences"][0]["kind"] == "HeliosDeployment"
+        container = k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["template"]["spec"]["containers"][0]
+        [ref] = [e["valueFrom"]["secretKeyRef"] for e in container["env"] if e["name"] == "HELIOS_CONTROL_TOKEN"]
+        assert ref == {"name": f"{NAME}-control", "key": "token"}
         if decision["kind"] == "add_layers":
             assert worker.posted_layers == [decision["layers"]] and decision["layers"] > chosen
+            assert worker.control_auth == {f"Bearer {token}"}  # the operator sends the control token
             assert env["HELIOS_LAYERS"] == str(decision["layers"])
+            # in place: the template is unchanged, so no pod rolls
+            assert k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["template"] == template_before
         else:
             assert env["HELIOS_MODEL_NAME"] == decision["model"] != "alpha"
         report = k8s_api.kubectl_json("get", "heliosstatus", NAME)["status"]
@@ -202,6 +220,9 @@ def test_evaluate_serve_adapt_degrade_and_delete(
         assert fresh["status"] == "False" and fresh["reason"] == "TelemetryMissing"
         assert status["lastDecision"]["kind"] == "hold" and "keeping" in status["lastDecision"]["reason"]
         assert status["currentModel"] == decision["model"] and status["currentLayers"] == decision["layers"]
+        assert status["targetModel"] == decision["model"] and status["targetLayers"] == decision["layers"]
+        progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+        assert progressing["status"] == "True" and progressing["reason"] == "NewReplicaSetAvailable"
 
         # Printer columns.
         table = k8s_api.kubectl("get", "hd").stdout.splitlines()
@@ -215,6 +236,13 @@ def test_evaluate_serve_adapt_degrade_and_delete(
         # The scale subresource reaches the Deployment.
         k8s_api.kubectl("scale", "hd", NAME, "--replicas=2")
         wait_for(lambda: k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["replicas"] == 2, "scaled")
+        time.sleep(3.0)  # several passes: the scaled count is honoured, not reverted
+        assert k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["replicas"] == 2
+        assert k8s_api.kubectl_json("get", "hd", NAME)["spec"]["replicas"] == 2
+        wait_for(lambda: names(k8s_api, "poddisruptionbudgets") == [NAME], "a PDB once replicas > 1")
+        template = k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["template"]["spec"]
+        assert template["containers"][0]["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "10"]
+        assert template["terminationGracePeriodSeconds"] == 10 + 30 + 10
 
         k8s_api.kubectl("delete", "hd", NAME, timeout=30)
         for kind in ("deployment", "service", "heliosstatus", "configmap", "pods"):
@@ -393,7 +421,8 @@ def test_editing_the_objective_reselects_without_a_new_evaluation(
         # What evaluation measures changed: a new round, while the current model keeps serving.
         patch = {"spec": {"evaluation": {"maxNewTokens": 16}}}
         k8s_api.kubectl("patch", "hd", NAME, "--type=merge", "-p", json.dumps(patch))
-        wait_for_eval_pods(k8s_api, round_=2)
+        # (one candidate pod at a time while serving)
+        wait_for(lambda: names(k8s_api, "pods", "-l", "helios.dev/round=2") == [f"{NAME}-eval-2-alpha"], "round 2")
         assert hd_status(k8s_api)["currentModel"] == "alpha"  # still served while round 2 runs
     assert runner.exception is None
 
@@ -558,4 +587,37 @@ def test_pod_template_reaches_evaluation_pods_and_the_deployment(
         evaluate(k8s_api, fakes)
         wait_for_phase(k8s_api, "Serving")
         assert_carries_pod_template(k8s_api.kubectl_json("get", "deployment", NAME)["spec"]["template"])
+    assert runner.exception is None
+
+
+@pytest.mark.timeout(90)
+def test_a_reassessment_runs_one_candidate_pod_at_a_time_with_evaluation_resources(
+    k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers
+) -> None:
+    manifest = heliosdeployment()
+    manifest["spec"]["evaluation"] |= {
+        "reassessEveryRequests": 10,
+        "minReassessInterval": 0,
+        "resources": {"limits": {"cpu": "2", "memory": "8Gi"}},
+    }
+    with operator(HANDLERS, namespace="default") as runner:
+        k8s_api.apply(yaml.safe_dump(manifest))
+        wait_for_eval_pods(k8s_api)
+        first = k8s_api.kubectl_json("get", "pod", f"{NAME}-eval-1-alpha")["spec"]["containers"][0]
+        assert first["resources"] == {"limits": {"cpu": "2", "memory": "8Gi"}}  # not the serving GPU
+        evaluate(k8s_api, fakes)
+        wait_for_phase(k8s_api, "Serving")
+        worker = start_serving_pod(k8s_api, fakes, f"{NAME}-w1")
+        wait_for(lambda: hd_status(k8s_api)["readyReplicas"] == 1, "a ready replica")
+        worker.generate(tokens=20, breaches=0, requests=12)
+        wait_for(lambda: names(k8s_api, "pods", "-l", "helios.dev/round=2") == [f"{NAME}-eval-2-alpha"], "alpha")
+        time.sleep(1.0)  # a few passes: beta waits for alpha
+        assert names(k8s_api, "pods", "-l", "helios.dev/round=2") == [f"{NAME}-eval-2-alpha"]
+
+        play_kubelet(k8s_api, f"{NAME}-eval-2-alpha", fakes.start(reports=[make_report("alpha")]))
+        wait_for(lambda: names(k8s_api, "pods", "-l", "helios.dev/round=2") == [f"{NAME}-eval-2-beta"], "beta next")
+        play_kubelet(k8s_api, f"{NAME}-eval-2-beta", fakes.start(reports=[make_report("beta", tokens_per_second=1.0)]))
+        wait_for(lambda: not hd_status(k8s_api)["evaluationPending"], "round 2 to finish")
+        assert hd_status(k8s_api)["evaluationRound"] == 2 and hd_status(k8s_api)["currentModel"] == "alpha"
+        assert not names(k8s_api, "pods", "-l", "helios.dev/role=evaluate")
     assert runner.exception is None

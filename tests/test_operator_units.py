@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from helios_operator.k8s import manifests, rbac, workers
 from helios_operator.k8s.conditions import ready_summary, set_condition
@@ -67,7 +68,11 @@ def test_deployment_is_hardened_owned_and_rolls_without_downtime() -> None:
     assert main["livenessProbe"]["httpGet"]["path"] == "/health"
     assert main["startupProbe"]["failureThreshold"] * main["startupProbe"]["periodSeconds"] >= 1800
     values = env(deployment)
-    assert values["HELIOS_MODEL"] == "org/a" and values["HELIOS_LAYERS"] == "5" and values["HELIOS_MODE"] == "serve"
+    assert values["HELIOS_MODEL"] == "org/a" and values["HELIOS_MODE"] == "serve"
+    # The layer count is outside the template: a layer change must not roll the pods.
+    assert values["HELIOS_LAYERS"] == {"configMapKeyRef": {"name": "demo-serving", "key": "layers"}}
+    assert manifests.build_serving_configmap(OWNER, 5)["data"] == {"layers": "5"}
+    assert manifests.build_deployment(OWNER, spec, spec.candidates[0], 4, "img:1") == deployment
     assert values["HELIOS_MODEL_NAME"] == "a" and int(values["HELIOS_RECORD_PROMPTS"]) >= 5
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
@@ -253,3 +258,138 @@ def test_default_worker_resources_apply_only_to_specs_without_any(monkeypatch):
     monkeypatch.setenv("HELIOS_DEFAULT_WORKER_RESOURCES", "{not json")
     with pytest.raises(ValueError, match="HELIOS_DEFAULT_WORKER_RESOURCES must be JSON"):
         OperatorConfig.from_env()
+
+
+def test_decision_history_collapses_repeated_holds_and_reassessments_between_changes() -> None:
+    from datetime import UTC, datetime
+
+    from helios_operator.k8s.report import append_history
+    from helios_operator.policy import Decision
+    from helios_operator.spec import MAX_DECISION_HISTORY
+
+    def decision(kind: str, layers: int = 4) -> Decision:
+        return Decision(kind=kind, model="a", layers=layers, reason=kind, timestamp=datetime.now(UTC))
+
+    history: list = []
+    for kind in ("select", "reassess", "hold", "reassess", "hold", "reassess", "hold", "add_layers", "hold"):
+        history = append_history(history, decision(kind))
+    assert [(h["kind"], h.get("repeats")) for h in history] == [
+        ("select", None),
+        ("reassess", 3),
+        ("hold", 3),
+        ("add_layers", None),
+        ("hold", None),
+    ]
+    for _ in range(200):  # a long quiet run keeps the changes
+        history = append_history(history, decision("reassess"))
+        history = append_history(history, decision("hold"))
+    assert [h["kind"] for h in history][:4] == ["select", "reassess", "hold", "add_layers"]
+    assert len(history) == 6 and history[-1]["repeats"] == 201
+    for layers in range(1, 100):
+        history = append_history(history, decision("add_layers", layers))
+    assert len(history) == MAX_DECISION_HISTORY >= 50
+
+
+def test_the_shadow_scorer_has_every_layer_and_no_service_traffic() -> None:
+    spec = make_spec(monitoring={"shadow": {"fraction": 0.25}})
+    candidate = spec.candidates[0]
+    serving = manifests.build_deployment(OWNER, spec, candidate, 3, "img")
+    assert env(serving)["HELIOS_SHADOW_FRACTION"] == "0.25"
+    scorer = manifests.build_shadow_deployment(OWNER, spec, candidate, 8, "img")
+    assert scorer["metadata"]["name"] == "demo-shadow" and scorer["spec"]["replicas"] == 1
+    assert env(scorer)["HELIOS_LAYERS"] == "8" and "HELIOS_SHADOW_FRACTION" not in env(scorer)
+    labels = scorer["spec"]["template"]["metadata"]["labels"]
+    service_selector = manifests.build_service(OWNER)["spec"]["selector"]
+    assert not service_selector.items() <= labels.items()  # the Service never routes users to the scorer
+    assert "HELIOS_SHADOW_FRACTION" not in env(manifests.build_deployment(OWNER, make_spec(), candidate, 3, "img"))
+
+
+def test_current_model_follows_the_rollout_and_progressing_reads_the_deployment() -> None:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from helios_operator.k8s.config import OperatorConfig
+    from helios_operator.k8s.context import Context, Runtime
+    from helios_operator.k8s.reconcile import rollout_progress
+
+    class Kube:
+        def __init__(self, deployment: dict) -> None:
+            self.deployment = deployment
+
+        def get(self, kind: str, namespace: str, name: str) -> dict:
+            return self.deployment
+
+    def progressing(deployment: dict, old: list[str], status: dict | None = None) -> tuple[dict, list]:
+        ctx = Context(
+            OWNER, make_spec(), status or {}, Runtime(), Kube(deployment), None, OperatorConfig(), datetime.now(UTC)
+        )  # type: ignore[arg-type]
+        ctx.runtime.state = type("S", (), {"model": "b"})()  # type: ignore[assignment]
+        asyncio.run(rollout_progress(ctx, old))
+        return next(c for c in ctx.status["conditions"] if c["type"] == "Progressing"), ctx.events
+
+    stuck = {
+        "status": {
+            "conditions": [
+                {
+                    "type": "Progressing",
+                    "status": "False",
+                    "reason": "ProgressDeadlineExceeded",
+                    "message": "ReplicaSet has timed out",
+                }
+            ]
+        }
+    }
+    condition, events = progressing(stuck, [])
+    assert (condition["status"], condition["reason"]) == ("False", "ProgressDeadlineExceeded")
+    assert [e[1] for e in events] == ["RolloutStuck"]
+    condition, _ = progressing({}, ["a"])
+    assert condition["reason"] == "ReplicaSetUpdated" and "pods of a still serve" in condition["message"]
+    condition, _ = progressing({}, [])
+    assert condition["reason"] == "NewReplicaSetAvailable"
+
+
+def test_evaluation_pods_carry_the_time_budget_and_the_table_carries_the_bounds() -> None:
+    from helios_operator.k8s.report import evaluation_table
+    from tests.report_factory import make_report
+
+    spec = make_spec(evaluation={"timeBudget": "45s"})
+    pod = manifests.build_evaluation_pod(OWNER, spec, spec.candidates[0], 1, ["p"], "img")
+    assert env(pod)["HELIOS_EVAL_TIME_BUDGET"] == "45"
+    assert "HELIOS_EVAL_TIME_BUDGET" not in env(
+        manifests.build_evaluation_pod(OWNER, make_spec(), spec.candidates[0], 1, ["p"], "img")
+    )
+    [row] = evaluation_table([make_report("a")], make_spec(), None, ("a", 4))
+    assert (
+        row.chosen
+        and row.num_tokens
+        and row.agreement_lower_bound is not None
+        and row.agreement_lower_bound < row.agreement
+    )
+    assert row.breach_rate_upper_bound is not None
+
+
+def test_worker_env_takes_values_from_secrets_and_the_pods_are_locked_down() -> None:
+    spec = make_spec(
+        worker={
+            "env": [
+                {"name": "HELIOS_API_KEY", "valueFrom": {"secretKeyRef": {"name": "api", "key": "key"}}},
+                {"name": "PLAIN", "value": "1"},
+            ]
+        }
+    )
+    deployment = manifests.build_deployment(OWNER, spec, spec.candidates[0], 4, "img")
+    values = env(deployment)
+    assert values["HELIOS_API_KEY"] == {"secretKeyRef": {"name": "api", "key": "key"}} and values["PLAIN"] == "1"
+    assert values["HELIOS_CONTROL_TOKEN"] == {"secretKeyRef": {"name": "demo-control", "key": "token"}}
+    assert int(values["HELIOS_RECORD_PROMPTS"]) > 0  # the default source is recent traffic
+    inline = make_spec(evaluation={"prompts": {"inline": ["p"]}})
+    inline_env = env(manifests.build_deployment(OWNER, inline, inline.candidates[0], 4, "img"))
+    assert inline_env["HELIOS_RECORD_PROMPTS"] == "0"  # users' prompts are not kept unless a reassessment reads them
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and pod["securityContext"]["runAsUser"] == 10001
+    with pytest.raises(ValidationError, match="give value or valueFrom, not both"):
+        make_spec(
+            worker={"env": [{"name": "A", "value": "x", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}
+        )
+    with pytest.raises(ValidationError, match="exactly one of secretKeyRef or configMapKeyRef"):
+        make_spec(worker={"env": [{"name": "A", "valueFrom": {}}]})

@@ -117,8 +117,8 @@ def test_every_pod_template_field_reaches_the_pod(kind: str) -> None:
     # securityContext key by key: the user's fsGroup, HELIOS's hardening otherwise.
     assert spec["securityContext"] == {
         "runAsNonRoot": True,
-        "runAsUser": 1000,
-        "runAsGroup": 1000,
+        "runAsUser": 10001,  # the worker image's user
+        "runAsGroup": 10001,
         "fsGroup": 2000,
         "supplementalGroups": [44],
         "seccompProfile": {"type": "RuntimeDefault"},

@@ -290,6 +290,23 @@ def test_auth_guards_v1_only(settings):
         assert off.status_code == 404 and "--record-prompts" in off.json()["error"]["message"]
 
 
+def test_the_control_api_takes_the_control_token_not_the_api_key(settings):
+    update = {"api_key": "user-key", "control_token": "operator-token", "record_prompts": 4}
+    with live_server(settings.model_copy(update=update)) as server:
+        url = server.base_url
+        user, operator = {"Authorization": "Bearer user-key"}, {"Authorization": "Bearer operator-token"}
+        assert httpx.get(f"{url}/v1/models", headers=user).status_code == 200
+        assert httpx.get(f"{url}/v1/models", headers=operator).status_code == 401  # the token is not a user key
+        refused = httpx.get(f"{url}/v1/helios/recent-prompts", headers=user)
+        assert refused.status_code == 401 and "control token" in refused.json()["error"]["message"]
+        assert httpx.post(f"{url}/v1/helios/layers", json={"layers": 1}, headers=user).status_code == 401
+        assert httpx.get(f"{url}/v1/helios/recent-prompts", headers=operator).status_code == 200
+        assert httpx.get(f"{url}/v1/helios/state", headers=operator).status_code == 200
+    with live_server(settings.model_copy(update={"control_token": "operator-token"})) as server:
+        assert httpx.get(f"{server.base_url}/v1/models").status_code == 200  # no API key: the OpenAI API is open
+        assert httpx.get(f"{server.base_url}/v1/helios/state").status_code == 401
+
+
 def test_full_queue_is_429_with_retry_after(settings):
     with live_server(settings.model_copy(update={"max_batch_size": 1, "max_queue": 0})) as server:
         server.recorder.gate.clear()  # hold the engine after its first step

@@ -75,6 +75,10 @@ class OperatorStatus(HeliosDeploymentStatus):
     tokens_per_second: float | None = Field(
         default=None, ge=0.0, description="Tokens generated per second by all workers at the last scrape."
     )
+    target_model: str | None = Field(
+        default=None, description="Candidate HELIOS decided to serve; currentModel follows once the rollout completes."
+    )
+    target_layers: int | None = Field(default=None, description="Layer count HELIOS decided on.")
     evaluation_round: int = Field(default=0, ge=0, description="Number of the latest candidate evaluation.")
     evaluation_pending: bool = Field(default=False, description="Whether that evaluation is still running.")
     evaluation_started_at: datetime | None = Field(default=None, description="When that evaluation started.")

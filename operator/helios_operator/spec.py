@@ -33,7 +33,7 @@ API_GROUP = "helios.dev"
 API_VERSION = f"{API_GROUP}/v1alpha1"
 KIND = "HeliosDeployment"
 MAX_CANDIDATES = 8
-MAX_DECISION_HISTORY = 10
+MAX_DECISION_HISTORY = 50
 
 # --- units -----------------------------------------------------------------------------
 
@@ -221,6 +221,15 @@ class PromptSource(SpecModel):
         return "configMap" if self.config_map_ref is not None else "recentTraffic"
 
 
+class ResourceRequirements(SpecModel):
+    requests: dict[str, K8sQuantity] = Field(
+        default_factory=dict, description="As in a Pod, e.g. {cpu: '2', memory: 8Gi}."
+    )
+    limits: dict[str, K8sQuantity] = Field(
+        default_factory=dict, description="As in a Pod, e.g. {memory: 16Gi, nvidia.com/gpu: 1}."
+    )
+
+
 class EvaluationSpec(SpecModel):
     prompts_per_candidate: int = Field(
         default=8,
@@ -245,6 +254,17 @@ class EvaluationSpec(SpecModel):
         default=None,
         gt=0.0,
         description="Also re-evaluate after this long, e.g. '30m'. Unset: requests only.",
+    )
+    min_reassess_interval: Duration = Field(
+        default="5m",
+        validate_default=True,
+        ge=0.0,
+        description="At least this long between two reassessments, however busy the service, e.g. '5m'.",
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None,
+        description="Resources of evaluation pods. Unset: the worker's. Reassessment rounds run one candidate pod "
+        "at a time, so a reassessment holds at most one such pod beside the serving ones.",
     )
     timeout: Duration = Field(
         default="10m",
@@ -348,23 +368,48 @@ class MonitoringSpec(SpecModel):
         return self.stale_after if self.stale_after is not None else 3 * self.interval
 
 
-class ResourceRequirements(SpecModel):
-    requests: dict[str, K8sQuantity] = Field(
-        default_factory=dict, description="As in a Pod, e.g. {cpu: '2', memory: 8Gi}."
-    )
-    limits: dict[str, K8sQuantity] = Field(
-        default_factory=dict, description="As in a Pod, e.g. {memory: 16Gi, nvidia.com/gpu: 1}."
-    )
+class SecretKeyRef(SpecModel):
+    name: ObjectName = Field(description="Secret in the HeliosDeployment's namespace.")
+    key: str = Field(default="token", min_length=1, description="Key holding the value.")
+
+
+class KeyRef(SpecModel):
+    name: ObjectName = Field(description="Object in the HeliosDeployment's namespace.")
+    key: str = Field(min_length=1, description="Key holding the value.")
+    optional: bool | None = Field(default=None, description="Start the container even if the key is missing.")
+
+
+class EnvVarSource(SpecModel):
+    """Exactly one source, as in a Pod's env[].valueFrom."""
+
+    secret_key_ref: KeyRef | None = Field(default=None, description="A key of a Secret (API keys, tokens).")
+    config_map_key_ref: KeyRef | None = Field(default=None, description="A key of a ConfigMap.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise ValueError("give exactly one of secretKeyRef or configMapKeyRef")
+        return self
 
 
 class EnvVar(SpecModel):
     name: str = Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", description="Variable name.")
-    value: str = Field(default="", description="Variable value.")
+    value: str = Field(default="", description="Variable value (plain text: use valueFrom for secrets).")
+    value_from: EnvVarSource | None = Field(
+        default=None, description="Take the value from a Secret or ConfigMap key instead, e.g. HELIOS_API_KEY."
+    )
 
+    @model_validator(mode="after")
+    def _value_or_source(self) -> EnvVar:
+        if self.value and self.value_from is not None:
+            raise ValueError(f"env {self.name}: give value or valueFrom, not both")
+        return self
 
-class SecretKeyRef(SpecModel):
-    name: ObjectName = Field(description="Secret in the HeliosDeployment's namespace.")
-    key: str = Field(default="token", min_length=1, description="Key holding the value.")
+    def manifest(self) -> dict[str, Any]:
+        """The Pod env entry."""
+        if self.value_from is None:
+            return {"name": self.name, "value": self.value}
+        return {"name": self.name, "valueFrom": self.value_from.model_dump(by_alias=True, exclude_none=True)}
 
 
 class ModelVolume(SpecModel):
@@ -406,6 +451,21 @@ class WorkerSpec(SpecModel):
     volume_mounts: list[ExtraVolumeMount] = Field(
         default_factory=list,
         description="Mounts of podTemplate.spec.volumes in the worker container, after HELIOS's own.",
+    )
+    pre_stop_delay: Duration = Field(
+        default="10s",
+        validate_default=True,
+        ge=0.0,
+        description="How long a serving pod keeps answering after it is told to stop (a preStop sleep), before "
+        "SIGTERM: longer than the cluster takes to remove its endpoint, so that no request is routed to a pod "
+        "that already refuses new ones.",
+    )
+    drain_timeout: Duration = Field(
+        default="30s",
+        validate_default=True,
+        ge=0.0,
+        description="After SIGTERM, how long in-flight requests get to finish. terminationGracePeriodSeconds is "
+        "preStopDelay + drainTimeout + 10 s, so the kubelet never kills a pod that is still draining.",
     )
     pod_template: PodTemplate = Field(
         default_factory=PodTemplate,
@@ -475,6 +535,11 @@ class DecisionSummary(SpecModel):
     layers: int = Field(description="Layers loaded.")
     reason: str = Field(description="Why, with the numbers.")
     timestamp: datetime | None = Field(default=None, description="When it was decided.")
+    repeats: int | None = Field(
+        default=None,
+        ge=2,
+        description="A hold or reassess decision made this many times since the last change; only the newest is kept.",
+    )
 
 
 class HeliosDeploymentStatus(SpecModel):
@@ -490,7 +555,8 @@ class HeliosDeploymentStatus(SpecModel):
     decision_history: list[DecisionSummary] = Field(
         default_factory=list,
         max_length=MAX_DECISION_HISTORY,
-        description=f"The last {MAX_DECISION_HISTORY} decisions, oldest first.",
+        description=f"The last {MAX_DECISION_HISTORY} decisions, oldest first; repeated holds and reassessments "
+        "between two changes are collapsed into their newest.",
     )
 
 

@@ -27,6 +27,10 @@ class DesiredChildren:
     def get(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
         return self._by_key.get((namespace, kind, name))
 
+    def forget(self, namespace: str, kind: str, name: str) -> None:
+        """A child HELIOS deleted on purpose."""
+        self._by_key.pop((namespace, kind, name), None)
+
     def forget_owner(self, namespace: str, owner_uid: str) -> None:
         for key, manifest in list(self._by_key.items()):
             owners = manifest["metadata"].get("ownerReferences") or []

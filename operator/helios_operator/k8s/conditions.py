@@ -16,6 +16,8 @@ Status = Literal["True", "False", "Unknown"]
 SPEC_VALID = "SpecValid"
 EVALUATED = "Evaluated"
 TELEMETRY_FRESH = "TelemetryFresh"
+PROGRESSING = "Progressing"  # the serving rollout, from the Deployment's own condition
+SHADOW_CHECKED = "ShadowChecked"  # the shadow check's last round (only with monitoring.shadow.fraction > 0)
 READY = "Ready"
 _SERVING_PHASES = ("Serving", "Adapting")
 

@@ -21,6 +21,7 @@ from helios_operator.k8s.config import OperatorConfig
 from helios_operator.k8s.drift import drifted_paths, owned_content
 from helios_operator.k8s.kube import IMMUTABLE, Body, Kube
 from helios_operator.k8s.scrape import WorkerSample
+from helios_operator.k8s.workers import ControlClient
 from helios_operator.policy import AdaptState, Telemetry
 from helios_operator.spec import HeliosDeploymentSpec
 
@@ -34,6 +35,7 @@ class Runtime:
     num_scraped: int = 0
     last_telemetry: Telemetry | None = None
     round_prompts: list[str] | None = None  # prompts of a reassessment round (recent traffic)
+    control_token: str | None = None  # read once from the HeliosDeployment's control Secret
     applied: dict[str, str] = field(default_factory=dict)  # kind/name -> digest of the manifest last applied
 
 
@@ -44,7 +46,7 @@ class Context:
     status: dict[str, Any]  # the new status, edited during the pass
     runtime: Runtime
     kube: Kube
-    http: httpx.AsyncClient
+    http: httpx.AsyncClient | ControlClient  # a ControlClient once the pass has the control token
     config: OperatorConfig
     now: datetime
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)

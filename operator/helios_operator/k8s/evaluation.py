@@ -77,7 +77,11 @@ def _fail(ctx: Context, failed: dict[str, dict[str, str]], name: str, reason: st
     ctx.event("Warning", "CandidateFailed", f"evaluation of {name} failed: {reason}")
 
 
-def _round_age_seconds(ctx: Context) -> float:
+def _waited_seconds(ctx: Context, live: Mapping[str, Any], candidate: str | None) -> float:
+    """How long the round (or, one at a time, ``candidate``'s pod) has been waiting for its reports."""
+    if candidate is not None:
+        created = (live.get(candidate) or {}).get("metadata", {}).get("creationTimestamp")
+        return (ctx.now - datetime.fromisoformat(created)).total_seconds() if created else 0.0
     started = ctx.status.get("evaluationStartedAt")
     if not started:
         ctx.status["evaluationStartedAt"] = ctx.now.isoformat()  # a round from before deadlines existed
@@ -94,24 +98,42 @@ def normalise(report: EvaluationReport, spec: HeliosDeploymentSpec, pod_candidat
     return report.model_copy(update={"model": by_ref.get(report.model, pod_candidate)})
 
 
-async def poll_round(ctx: Context, round_: int, prompts: list[str]) -> tuple[list[EvaluationReport] | None, str]:
+async def _partial_reports(ctx: Context, round_: int) -> tuple[dict[str, EvaluationReport], list[str]]:
+    """(The reports a one-at-a-time round has kept so far, the keys another round left behind)."""
+    name = manifests.partial_reports_configmap_name(ctx.name)
+    data = ((await asyncio.to_thread(ctx.kube.get, "ConfigMap", ctx.namespace, name)) or {}).get("data") or {}
+    if data.get("round") != str(round_):
+        return {}, [key for key in data if key != "round"]
+    return {key: EvaluationReport.model_validate_json(value) for key, value in data.items() if key != "round"}, []
+
+
+async def poll_round(
+    ctx: Context, round_: int, prompts: list[str], one_at_a_time: bool = False
+) -> tuple[list[EvaluationReport] | None, str]:
     """Keep the round's pods as HELIOS wants them and collect reports.
 
+    With ``one_at_a_time`` (reassessments) only one candidate's pod exists at a time: once its
+    report is in, the report is kept in a ConfigMap and the pod deleted before the next starts.
     Returns (the reports of the candidates that did not fail, or None while any is still
     running; a progress message). An empty list means every candidate failed.
     """
     selector = manifests.evaluation_selector(ctx.name, round_)
     live = {p["metadata"]["labels"].get(LABEL_CANDIDATE): p for p in await ctx.list("Pod", selector)}
     failed = {f["name"]: f for f in ctx.status.get("failedCandidates") or []}
+    kept, stale = await _partial_reports(ctx, round_) if one_at_a_time else ({}, [])
     hashes: dict[str, str] = {}
+    is_one_running = False
     for candidate in ctx.spec.candidates:
         pod = _desired_pod(ctx, candidate, round_, prompts)
         name, wanted = candidate.name, pod["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
         hashes[name] = wanted
         if name in failed and failed[name].get("specHash") != wanted:
             del failed[name]  # its pod spec changed since it failed: try again
-        if name in failed:
+        if name in failed or name in kept:
             continue
+        if one_at_a_time and is_one_running:
+            continue  # waits for the candidate before it
+        is_one_running = True
         current = live.get(name)
         if current is not None and (current["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION) != wanted:
             await asyncio.to_thread(ctx.kube.delete, "Pod", ctx.namespace, current["metadata"]["name"])
@@ -127,13 +149,14 @@ async def poll_round(ctx: Context, round_: int, prompts: list[str]) -> tuple[lis
         for name, pod in live.items()
         if name in hashes
         and name not in failed
+        and name not in kept
         and workers.is_ready(pod)
         and (url := workers.endpoint(pod, ctx.config.worker_port, ctx.config.allow_endpoint_annotation))
     }
     results = await asyncio.gather(
         *(workers.fetch_evaluation(ctx.http, url) for url in ready.values()), return_exceptions=True
     )
-    reports: dict[str, EvaluationReport] = {}
+    reports: dict[str, EvaluationReport] = dict(kept)
     problems: list[str] = []
     for candidate, result in zip(ready, results, strict=True):
         if isinstance(result, BaseException):
@@ -146,18 +169,18 @@ async def poll_round(ctx: Context, round_: int, prompts: list[str]) -> tuple[lis
             for report in result.reports:
                 normalised = normalise(report, ctx.spec, candidate)
                 reports[normalised.model] = normalised
+    if one_at_a_time and (new := {name: report for name, report in reports.items() if name not in kept}):
+        await ctx.apply(manifests.build_partial_reports_configmap(ctx.body, round_, reports, stale))
+        for name in new:  # its report is kept: free its resources for the next candidate
+            if name in live:
+                await asyncio.to_thread(ctx.kube.delete, "Pod", ctx.namespace, live[name]["metadata"]["name"])
     waiting = [c.name for c in ctx.spec.candidates if c.name not in reports and c.name not in failed]
     timeout = ctx.spec.evaluation.timeout
-    if waiting and _round_age_seconds(ctx) > timeout:
-        for name in waiting:
-            _fail(
-                ctx,
-                failed,
-                name,
-                f"no report within {timeout:g}s ({pod_health.pending_reason(live.get(name))})",
-                hashes[name],
-            )
-        waiting = []
+    if waiting and _waited_seconds(ctx, live, waiting[0] if one_at_a_time else None) > timeout:
+        late, waiting = (waiting[:1], waiting[1:]) if one_at_a_time else (waiting, [])
+        for name in late:
+            reason = f"no report within {timeout:g}s ({pod_health.pending_reason(live.get(name))})"
+            _fail(ctx, failed, name, reason, hashes[name])
     ctx.status["failedCandidates"] = [failed[c.name] for c in ctx.spec.candidates if c.name in failed]
     failures = "; ".join(f"{name}: {f['reason']}" for name, f in failed.items())
     if not waiting:

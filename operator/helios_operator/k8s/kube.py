@@ -25,7 +25,9 @@ PATHS: dict[str, tuple[str, str]] = {
     "Pod": ("/api/v1", "pods"),
     "Service": ("/api/v1", "services"),
     "ConfigMap": ("/api/v1", "configmaps"),
+    "Secret": ("/api/v1", "secrets"),
     "Deployment": ("/apis/apps/v1", "deployments"),
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "HeliosStatus": (f"/apis/{API_GROUP}/v1alpha1", "heliosstatuses"),
     "HeliosDeployment": (f"/apis/{API_GROUP}/v1alpha1", "heliosdeployments"),
 }

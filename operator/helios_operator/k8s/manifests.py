@@ -9,7 +9,9 @@ candidate name, which the worker uses as the ``model`` label of its metrics and 
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -40,6 +42,7 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "helios-operator"
 ROLE_SERVE = "serve"
 ROLE_EVALUATE = "evaluate"
+ROLE_SHADOW = "shadow"
 ENDPOINT_ANNOTATION = "helios.dev/endpoint"
 GPU_RESOURCE = "nvidia.com/gpu"
 REPORTS_KEY = "reports.json"
@@ -103,8 +106,10 @@ def reports_configmap_name(deployment: str) -> str:
 # --- worker pod template ----------------------------------------------------------------------
 
 
-def wants_gpu(spec: HeliosDeploymentSpec) -> bool:
+def wants_gpu(spec: HeliosDeploymentSpec, role: str = ROLE_SERVE) -> bool:
     resources = spec.worker.resources
+    if role == ROLE_EVALUATE and spec.evaluation.resources is not None:
+        resources = spec.evaluation.resources
     return any(GPU_RESOURCE in values for values in (resources.limits, resources.requests) if values)
 
 
@@ -125,7 +130,10 @@ def placement_env(spec: HeliosDeploymentSpec) -> dict[str, str]:
     }
 
 
-def worker_env(spec: HeliosDeploymentSpec, candidate: Candidate, extra: Mapping[str, str]) -> list[Manifest]:
+def worker_env(
+    spec: HeliosDeploymentSpec, candidate: Candidate, extra: Mapping[str, str], deployment: str | None = None
+) -> list[Manifest]:
+    """The worker container's env; with ``deployment``, the control token from its Secret."""
     env = {
         "HELIOS_MODEL": candidate.model,
         "HELIOS_MODEL_NAME": candidate.name,
@@ -139,16 +147,23 @@ def worker_env(spec: HeliosDeploymentSpec, candidate: Candidate, extra: Mapping[
         **extra,
     }
     variables: list[Manifest] = [{"name": key, "value": value} for key, value in env.items()]
+    if deployment is not None:
+        # The control API's token, from the Secret the operator keeps per HeliosDeployment (never in the spec).
+        control = {"name": control_secret_name(deployment), "key": CONTROL_TOKEN_KEY}
+        variables.append({"name": "HELIOS_CONTROL_TOKEN", "valueFrom": {"secretKeyRef": control}})
     secret = spec.worker.hf_token_secret_ref
     if secret is not None:
         variables.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}})
     # The user's own variables come last, so they can override ours deliberately.
-    variables += [{"name": var.name, "value": var.value} for var in spec.worker.env]
+    variables += [var.manifest() for var in spec.worker.env]
     return variables
 
 
-def _resources(spec: HeliosDeploymentSpec) -> Manifest:
-    resources = spec.worker.resources
+def _resources(spec: HeliosDeploymentSpec, role: str = ROLE_SERVE) -> Manifest:
+    """The worker container's resources: the worker's, or for evaluation pods ``evaluation.resources`` if set."""
+    resources = (
+        spec.evaluation.resources if role == ROLE_EVALUATE and spec.evaluation.resources else spec.worker.resources
+    )
     return {
         key: dict(values) for key, values in (("requests", resources.requests), ("limits", resources.limits)) if values
     }
@@ -220,7 +235,9 @@ def _probe(path: str, period: int, failures: int) -> Manifest:
     return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period, "failureThreshold": failures}
 
 
-def worker_pod_spec(spec: HeliosDeploymentSpec, image: str, env: list[Manifest], restart: str) -> Manifest:
+def worker_pod_spec(
+    spec: HeliosDeploymentSpec, image: str, env: list[Manifest], restart: str, role: str = ROLE_SERVE
+) -> Manifest:
     """A hardened worker pod: non-root, read-only root filesystem with a writable /tmp, no capabilities."""
     container: Manifest = {
         "name": WORKER_CONTAINER,
@@ -228,7 +245,7 @@ def worker_pod_spec(spec: HeliosDeploymentSpec, image: str, env: list[Manifest],
         "command": ["helios-worker", "serve"],
         "ports": [{"name": "http", "containerPort": 8000, "protocol": "TCP"}],
         "env": env,
-        "resources": _resources(spec),
+        "resources": (resources := _resources(spec, role)),
         "startupProbe": _probe("/health", STARTUP_PERIOD_SECONDS, STARTUP_FAILURE_THRESHOLD),
         "readinessProbe": _probe("/ready", 5, 3),
         "livenessProbe": _probe("/health", 10, 3),
@@ -241,19 +258,47 @@ def worker_pod_spec(spec: HeliosDeploymentSpec, image: str, env: list[Manifest],
     }
     pod: Manifest = {
         "restartPolicy": restart,
+        # Workers never call the Kubernetes API: no ServiceAccount token in their pods.
+        "automountServiceAccountToken": False,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "runAsGroup": 1000,
-            "fsGroup": 1000,
+            "runAsUser": IMAGE_UID,
+            "runAsGroup": IMAGE_UID,
+            "fsGroup": IMAGE_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
         "volumes": _volumes(spec),
     }
-    if GPU_RESOURCE in spec.worker.resources.limits or GPU_RESOURCE in spec.worker.resources.requests:
+    if any(GPU_RESOURCE in values for values in resources.values()):
         pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     return pod
+
+
+DRAIN_MARGIN_SECONDS = 10
+IMAGE_UID = 10001  # the worker image's user (worker/Dockerfile): the pod runs as the same uid
+
+
+def with_drain(spec: HeliosDeploymentSpec, pod: Manifest) -> Manifest:
+    """A serving pod that stops without dropping a request: a preStop sleep while its endpoint goes
+    (readiness is already false for a terminating pod), then SIGTERM, which drains in-flight
+    requests, all within a grace period longer than both."""
+    delay = spec.worker.pre_stop_delay
+    pod["containers"][0]["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", f"{delay:g}"]}}}
+    pod["terminationGracePeriodSeconds"] = math.ceil(delay + spec.worker.drain_timeout) + DRAIN_MARGIN_SECONDS
+    return pod
+
+
+def build_pdb(owner: Mapping[str, Any]) -> Manifest:
+    """At most one serving pod voluntarily disrupted at a time (only made when replicas > 1: with one
+    replica a PDB would block node drains forever)."""
+    name = owner["metadata"]["name"]
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(name, owner, base_labels(name)),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": serving_selector(name)}},
+    }
 
 
 def candidate_named(spec: HeliosDeploymentSpec, name: str) -> Candidate:
@@ -282,10 +327,15 @@ def build_evaluation_pod(
         "HELIOS_EVAL_CANDIDATES": json.dumps([candidate.model_dump(by_alias=True, exclude_none=True)]),
         "HELIOS_EVAL_PROMPTS": json.dumps(list(prompts)[: spec.evaluation.prompts_per_candidate]),
         "HELIOS_MAX_NEW_TOKENS": str(spec.evaluation.max_new_tokens),
+        "HELIOS_DEVICE": "cuda" if wants_gpu(spec, ROLE_EVALUATE) else "cpu",
     }
+    if spec.evaluation.time_budget is not None:
+        extra["HELIOS_EVAL_TIME_BUDGET"] = f"{spec.evaluation.time_budget:g}"
     pod = overlay_pod(
         _metadata(evaluation_pod_name(deployment, round_, candidate.name), owner, labels),
-        worker_pod_spec(spec, image, worker_env(spec, candidate, extra), restart="OnFailure"),
+        worker_pod_spec(
+            spec, image, worker_env(spec, candidate, extra, deployment), restart="OnFailure", role=ROLE_EVALUATE
+        ),
         spec.worker.pod_template,
     )
     return {"apiVersion": "v1", "kind": "Pod", **pod}
@@ -307,11 +357,21 @@ def build_deployment(
     name = owner["metadata"]["name"]
     selector = serving_selector(name)
     template_labels = {**base_labels(name), **selector, LABEL_CANDIDATE: candidate.name}
-    # The workers keep recent prompts (a count) so that a reassessment evaluates on real traffic.
-    record = max(RECENT_PROMPTS_KEPT, spec.evaluation.prompts_per_candidate)
-    extra = {"HELIOS_MODE": "serve", "HELIOS_LAYERS": str(layers), "HELIOS_RECORD_PROMPTS": str(record)}
+    # The workers keep recent prompts (a count) only when a reassessment evaluates on real traffic:
+    # they are users' prompts, so nothing keeps them otherwise.
+    recent = spec.evaluation.prompts.kind == "recentTraffic"
+    record = max(RECENT_PROMPTS_KEPT, spec.evaluation.prompts_per_candidate) if recent else 0
+    # The layer count is not in the template: a layer change is an HTTP call to each live pod plus this
+    # ConfigMap, which the pods that start later read (see build_serving_configmap); no rollout.
+    extra = {
+        "HELIOS_MODE": "serve",
+        "HELIOS_RECORD_PROMPTS": str(record),
+        "HELIOS_DRAIN_SECONDS": f"{spec.worker.drain_timeout:g}",
+    }
     if exit_histogram:
         extra["HELIOS_EXIT_HISTOGRAM"] = ",".join(map(str, exit_histogram))
+    if spec.monitoring.shadow.fraction > 0:
+        extra["HELIOS_SHADOW_FRACTION"] = str(spec.monitoring.shadow.fraction)
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -323,10 +383,99 @@ def build_deployment(
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": overlay_pod(
                 {"labels": template_labels},
-                worker_pod_spec(spec, image, worker_env(spec, candidate, extra), restart="Always"),
+                with_drain(
+                    spec,
+                    worker_pod_spec(
+                        spec, image, [layers_env(name), *worker_env(spec, candidate, extra, name)], restart="Always"
+                    ),
+                ),
                 spec.worker.pod_template,
             ),
         },
+    }
+
+
+def shadow_selector(deployment: str) -> dict[str, str]:
+    return {LABEL_DEPLOYMENT: deployment, LABEL_ROLE: ROLE_SHADOW}
+
+
+def shadow_deployment_name(deployment: str) -> str:
+    return f"{deployment}-shadow"
+
+
+def build_shadow_deployment(
+    owner: Mapping[str, Any], spec: HeliosDeploymentSpec, candidate: Candidate, layers_total: int, image: str
+) -> Manifest:
+    """The shadow scorer: one worker of the served candidate with all its layers, behind no Service.
+
+    It only replays the sampled share of the traffic (``monitoring.shadow.fraction``), so one
+    replica serves any number of serving replicas; loading the skipped layers in the serving pods
+    instead would take back the memory that partial loading turned into batch.
+    """
+    name = owner["metadata"]["name"]
+    selector = shadow_selector(name)
+    extra = {"HELIOS_MODE": "serve", "HELIOS_LAYERS": str(layers_total), "HELIOS_EXIT_LAYERS": "none"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(shadow_deployment_name(name), owner, {**base_labels(name), LABEL_ROLE: ROLE_SHADOW}),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector},
+            "strategy": {"type": "Recreate"},
+            "template": overlay_pod(
+                {"labels": {**base_labels(name), **selector, LABEL_CANDIDATE: candidate.name}},
+                worker_pod_spec(spec, image, worker_env(spec, candidate, extra, name), restart="Always"),
+                spec.worker.pod_template,
+            ),
+        },
+    }
+
+
+CONTROL_TOKEN_KEY = "token"
+
+
+def control_secret_name(deployment: str) -> str:
+    return f"{deployment}-control"
+
+
+def build_control_secret(owner: Mapping[str, Any], token: str) -> Manifest:
+    """The control token of one HeliosDeployment's workers: made once by the operator, mounted in its pods."""
+    name = owner["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _metadata(control_secret_name(name), owner, base_labels(name)),
+        "data": {CONTROL_TOKEN_KEY: base64.b64encode(token.encode()).decode()},
+    }
+
+
+def serving_configmap_name(deployment: str) -> str:
+    return f"{deployment}-serving"
+
+
+LAYERS_KEY = "layers"
+
+
+def layers_env(deployment: str) -> Manifest:
+    """HELIOS_LAYERS from the serving ConfigMap, resolved when a container starts."""
+    ref = {"name": serving_configmap_name(deployment), "key": LAYERS_KEY}
+    return {"name": "HELIOS_LAYERS", "valueFrom": {"configMapKeyRef": ref}}
+
+
+def build_serving_configmap(owner: Mapping[str, Any], layers: int) -> Manifest:
+    """The target layer count of the serving pods, outside their template.
+
+    Live pods are brought to it over HTTP (``POST /v1/helios/layers``); a pod that starts later
+    (a new replica, a restart) reads it at start through ``layers_env``. Changing it rolls nothing.
+    """
+    name = owner["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(serving_configmap_name(name), owner, base_labels(name)),
+        "data": {LAYERS_KEY: str(layers)},
     }
 
 
@@ -352,6 +501,26 @@ def build_reports_configmap(owner: Mapping[str, Any], reports: Iterable[Evaluati
         "kind": "ConfigMap",
         "metadata": _metadata(reports_configmap_name(name), owner, base_labels(name)),
         "data": {REPORTS_KEY: payload, "round": str(round_)},
+    }
+
+
+def partial_reports_configmap_name(deployment: str) -> str:
+    return f"{deployment}-evaluation-partial"
+
+
+def build_partial_reports_configmap(
+    owner: Mapping[str, Any], round_: int, reports: Mapping[str, EvaluationReport], stale_keys: Iterable[str] = ()
+) -> Manifest:
+    """The reports a one-pod-at-a-time round has so far (its finished pods are gone); ``stale_keys``
+    (another round's) are set to null, which a merge patch deletes."""
+    name = owner["metadata"]["name"]
+    data: dict[str, str | None] = {key: None for key in stale_keys}
+    data |= {candidate: report.model_dump_json() for candidate, report in reports.items()}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(partial_reports_configmap_name(name), owner, base_labels(name)),
+        "data": {**data, "round": str(round_)},
     }
 
 

@@ -35,8 +35,12 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission(API_GROUP, "heliosstatuses", ("get", "create", "patch"), "the HeliosStatus report"),
     Permission("", "pods", ("get", "list", "create", "delete"), "evaluation pods; find and scrape workers"),
     Permission("", "services", ("get", "list", "watch", "create", "patch"), "the serving Service; repaired on change"),
+    Permission("", "secrets", ("get", "create"), "the control token of each HeliosDeployment's workers"),
     Permission("", "configmaps", ("get", "create", "patch"), "evaluation reports; prompts from a ConfigMap"),
-    Permission("apps", "deployments", ("get", "list", "watch", "create", "patch"), "the serving Deployment; repaired"),
+    Permission(
+        "apps", "deployments", ("get", "list", "watch", "create", "patch", "delete"), "serving and shadow; repaired"
+    ),
+    Permission("policy", "poddisruptionbudgets", ("get", "create", "patch", "delete"), "serving PDB (replicas > 1)"),
     Permission("", "events", ("create",), "a Kubernetes Event per decision (kopf.info/warn)"),
 )
 

@@ -8,11 +8,23 @@ an operator restart continues where the last one stopped. The policy decides (pu
 from __future__ import annotations
 
 import asyncio
+import base64
+import secrets
 from dataclasses import replace
 
 from helios_contracts.reports import EvaluationReport
 from helios_operator.k8s import evaluation, manifests, policy_state, workers
-from helios_operator.k8s.conditions import EVALUATED, READY, TELEMETRY_FRESH, Status, ready_summary, set_condition
+from helios_operator.k8s.children import desired_children
+from helios_operator.k8s.conditions import (
+    EVALUATED,
+    PROGRESSING,
+    READY,
+    SHADOW_CHECKED,
+    TELEMETRY_FRESH,
+    Status,
+    ready_summary,
+    set_condition,
+)
 from helios_operator.k8s.context import Context
 from helios_operator.k8s.report import (
     CHANGES,
@@ -36,6 +48,7 @@ from helios_operator.policy import (
     with_reports,
 )
 from helios_operator.policy.telemetry import Telemetry
+from helios_operator.shadow_round import ShadowScore, shadow_round
 
 SERVING_PHASES = ("Serving", "Adapting", "Degraded")
 _EVENT_REASONS = {
@@ -73,6 +86,7 @@ def current_state(ctx: Context) -> AdaptState:
 async def reconcile(ctx: Context) -> float | None:
     """Run one pass; the number of seconds to wait before the next one when waiting on evaluation."""
     runtime, status = ctx.runtime, ctx.status
+    ctx.http = workers.ControlClient(ctx.http, await control_token(ctx))
     if runtime.state is None and status.get("phase") in SERVING_PHASES:
         await restore(ctx)
     if runtime.state is not None and runtime.state.model not in {c.name for c in ctx.spec.candidates}:
@@ -91,10 +105,25 @@ async def reconcile(ctx: Context) -> float | None:
     return retry_after
 
 
+async def control_token(ctx: Context) -> str:
+    """This HeliosDeployment's control token: read from its Secret, which is made once with a random token."""
+    if ctx.runtime.control_token is None:
+        name = manifests.control_secret_name(ctx.name)
+        secret = await asyncio.to_thread(ctx.kube.get, "Secret", ctx.namespace, name)
+        if secret is None:
+            secret = manifests.build_control_secret(ctx.body, secrets.token_urlsafe(32))
+            await asyncio.to_thread(ctx.kube.apply, secret)
+        encoded = (secret.get("data") or {}).get(manifests.CONTROL_TOKEN_KEY, "")
+        ctx.runtime.control_token = base64.b64decode(encoded).decode()
+    return ctx.runtime.control_token
+
+
 async def restore(ctx: Context) -> None:
     """Rebuild the adaptation state after a restart from the status and the stored reports."""
     reports = await evaluation.stored_reports(ctx)
-    model, layers = ctx.status.get("currentModel"), ctx.status.get("currentLayers")
+    status = ctx.status  # the target (the last decision), which a rollout may not have reached yet
+    model = status.get("targetModel") or status.get("currentModel")
+    layers = status.get("targetLayers") or status.get("currentLayers")
     if not reports or layers is None or model not in {r.model for r in reports}:
         return
     kept = policy_state.decode(ctx.status.get("policyState"), reports, ctx.spec, ctx.spec.memory_budget, ctx.now)
@@ -176,10 +205,59 @@ async def serve(ctx: Context) -> None:
     state = current_state(ctx)
     candidate = manifests.candidate_named(ctx.spec, state.model)
     histogram = state.report.exit_layer_histogram
+    await ctx.apply(manifests.build_serving_configmap(ctx.body, state.layers))  # before any pod can start
     await ctx.apply(
         manifests.build_deployment(ctx.body, ctx.spec, candidate, state.layers, ctx.config.worker_image, histogram)
     )
     await ctx.apply(manifests.build_service(ctx.body))
+    await _apply_if(ctx, ctx.spec.replicas > 1, manifests.build_pdb(ctx.body))
+    shadow_name = manifests.shadow_deployment_name(ctx.name)
+    if ctx.spec.monitoring.shadow.fraction > 0:
+        total = state.report.num_layers_total
+        await ctx.apply(
+            manifests.build_shadow_deployment(ctx.body, ctx.spec, candidate, total, ctx.config.worker_image)
+        )
+    elif await asyncio.to_thread(ctx.kube.get, "Deployment", ctx.namespace, shadow_name) is not None:
+        desired_children().forget(ctx.namespace, "Deployment", shadow_name)  # the watch must not bring it back
+        await asyncio.to_thread(ctx.kube.delete, "Deployment", ctx.namespace, shadow_name)  # shadow check turned off
+
+
+async def _apply_if(ctx: Context, wanted: bool, manifest: dict) -> None:
+    """Apply ``manifest`` when wanted, else delete it if it exists."""
+    kind, name = manifest["kind"], manifest["metadata"]["name"]
+    if wanted:
+        await ctx.apply(manifest)
+    elif await asyncio.to_thread(ctx.kube.get, kind, ctx.namespace, name) is not None:
+        desired_children().forget(ctx.namespace, kind, name)
+        await asyncio.to_thread(ctx.kube.delete, kind, ctx.namespace, name)
+
+
+async def shadow_check(ctx: Context, pods: list[dict]) -> None:
+    """Move sampled requests from each serving worker of the current model to the scorer and back."""
+    state = current_state(ctx)
+    scorers = await ctx.list("Pod", manifests.shadow_selector(ctx.name))
+    scorer_url = next(iter(ready_endpoints(ctx, [p for p in scorers if _candidate(p) == state.model]).values()), None)
+    if scorer_url is None:
+        condition(ctx, SHADOW_CHECKED, "False", "ScorerNotReady", f"no ready shadow scorer of {state.model} yet")
+        return
+    serving = ready_endpoints(ctx, [p for p in pods if _candidate(p) == state.model])
+    results = await asyncio.gather(
+        *(shadow_round(ctx.http, url, scorer_url) for url in serving.values()), return_exceptions=True
+    )
+    failures = [
+        f"{pod}: {result}" for pod, result in zip(serving, results, strict=True) if isinstance(result, Exception)
+    ]
+    scored = [r for r in results if isinstance(r, ShadowScore)]
+    tokens, matches = sum(r.num_tokens for r in scored), sum(r.num_matches for r in scored)
+    if failures:
+        condition(ctx, SHADOW_CHECKED, "False", "ShadowRoundFailed", "; ".join(failures)[:1000])
+    else:
+        message = f"{tokens} sampled tokens of {len(serving)} workers scored at full depth, {matches} matched"
+        condition(ctx, SHADOW_CHECKED, "True", "Scored", message)
+
+
+def _candidate(pod: dict) -> str | None:
+    return (pod["metadata"].get("labels") or {}).get(manifests.LABEL_CANDIDATE)
 
 
 def ready_endpoints(ctx: Context, pods: list[dict]) -> dict[str, str]:
@@ -198,6 +276,8 @@ async def monitor(ctx: Context, pods: list[dict]) -> None:
     if runtime.last_scrape is not None and clock - runtime.last_scrape < spec.monitoring.interval:
         return
     runtime.last_scrape = clock
+    if spec.monitoring.shadow.fraction > 0:
+        await shadow_check(ctx, pods)  # before the scrape, so that this scrape carries its score
     endpoints = ready_endpoints(ctx, pods)
     results = await scrape_all(ctx.http, endpoints, ctx.now)
     samples = {pod: result for pod, result in results.items() if isinstance(result, WorkerSample)}
@@ -240,45 +320,56 @@ async def act(
             note_decision(ctx, decision)
         return
     if decision.kind == "reassess":
+        if status.get("evaluationPending"):
+            return  # a round is running: its end resets the counters
         runtime.state = apply(runtime.state, decision, ctx.now)  # type: ignore[arg-type]
         note_decision(ctx, decision)
         if not status.get("evaluationPending"):
             evaluation.start_round(ctx, decision.reason)
-            prompts = await workers.recent_prompts(ctx.http, endpoints, ctx.spec.evaluation.prompts_per_candidate)
-            runtime.round_prompts = prompts if ctx.spec.evaluation.prompts.kind == "recentTraffic" else None
+            runtime.round_prompts = None
+            if ctx.spec.evaluation.prompts.kind == "recentTraffic":  # only then do workers keep prompts
+                limit = ctx.spec.evaluation.prompts_per_candidate
+                runtime.round_prompts = await workers.recent_prompts(ctx.http, endpoints, limit)
         status["phase"] = "Serving"
         return
     await change(ctx, decision, endpoints)
 
 
 async def change(ctx: Context, decision: Decision, endpoints: dict[str, str]) -> None:
-    """Carry out a change: layers in place first (then in the template, so new pods agree), or a switch."""
+    """Carry out a change: layers in place in every live pod (and in the serving ConfigMap, so new pods
+    agree; the template does not change, so nothing rolls), or a switch (a new template: a rollout)."""
     runtime = ctx.runtime
     state = current_state(ctx)
-    if decision.model == state.model and decision.layers != state.layers:
-        failed = await workers.post_layers_all(ctx.http, endpoints, decision.layers)
-        if failed:
-            ctx.event("Warning", "LayerChangeFailed", f"in-place change to {decision.layers} layers failed: {failed}")
+    is_layer_change = decision.model == state.model and decision.layers != state.layers
     runtime.state = apply(state, decision, ctx.now)
     note_decision(ctx, decision)
-    await serve(ctx)
+    await serve(ctx)  # the ConfigMap first: a pod starting from now on reads the new count
+    if is_layer_change:
+        pods = await ctx.list("Pod", manifests.serving_selector(ctx.name))
+        same_model = set(ready_endpoints(ctx, [p for p in pods if _candidate(p) == decision.model]))
+        targets = {pod: url for pod, url in endpoints.items() if pod in same_model}
+        failed = await workers.post_layers_all(ctx.http, targets, decision.layers)
+        if failed:
+            ctx.event("Warning", "LayerChangeFailed", f"in-place change to {decision.layers} layers failed: {failed}")
     ctx.status["phase"] = "Adapting"
 
 
-async def _collect(ctx: Context, round_: int, prompts: list[str] | None) -> tuple[list[EvaluationReport] | None, str]:
+async def _collect(
+    ctx: Context, round_: int, prompts: list[str] | None, one_at_a_time: bool = False
+) -> tuple[list[EvaluationReport] | None, str]:
     """The round's reports: stored already if it finished before a restart, else polled from its pods."""
     finished = await evaluation.finished_reports(ctx, round_)
     if finished is not None:
         return finished, f"round {round_}: finished before the operator restarted; its reports are kept"
-    return await evaluation.poll_round(
-        ctx, round_, prompts if prompts is not None else await evaluation.spec_prompts(ctx)
-    )
+    if prompts is None:
+        prompts = await evaluation.spec_prompts(ctx)
+    return await evaluation.poll_round(ctx, round_, prompts, one_at_a_time)
 
 
 async def continue_reassessment(ctx: Context, pods: list[dict]) -> None:
     runtime = ctx.runtime
     round_ = int(ctx.status["evaluationRound"])
-    reports, message = await _collect(ctx, round_, runtime.round_prompts)
+    reports, message = await _collect(ctx, round_, runtime.round_prompts, one_at_a_time=True)
     if reports is None:
         condition(ctx, EVALUATED, "False", "Reassessing", message)
         return
@@ -295,11 +386,38 @@ async def continue_reassessment(ctx: Context, pods: list[dict]) -> None:
     except ValueError as error:
         ctx.event("Warning", "ReassessmentFailed", str(error))
         return
-    runtime.state = with_reports(state, reports)
+    # Requests served while the round ran are not a reason for the next one: count from its end.
+    runtime.state = replace(with_reports(state, reports), num_requests_since_assessment=0, last_assessment_at=ctx.now)
     if decision.kind in CHANGES:
         await change(ctx, decision, ready_endpoints(ctx, pods))
     else:
         note_decision(ctx, decision)
+
+
+async def rollout_progress(ctx: Context, old_models: list[str]) -> None:
+    """The Progressing condition: the serving Deployment's own when it reports one, else what the pods show."""
+    deployment = await asyncio.to_thread(ctx.kube.get, "Deployment", ctx.namespace, ctx.name) or {}
+    own = next(
+        (c for c in (deployment.get("status") or {}).get("conditions") or [] if c.get("type") == "Progressing"), None
+    )
+    if own is not None:
+        status, reason, message = (
+            own.get("status", "Unknown"),
+            own.get("reason") or "Progressing",
+            own.get("message", ""),
+        )
+        if status == "False" and reason != (_condition(ctx, PROGRESSING) or {}).get("reason"):
+            ctx.event("Warning", "RolloutStuck", f"serving Deployment: {reason}: {message}")
+    elif old_models:
+        status, reason = "True", "ReplicaSetUpdated"
+        message = f"rolling out {ctx.runtime.state.model}; pods of {', '.join(old_models)} still serve"  # type: ignore[union-attr]
+    else:
+        status, reason, message = "True", "NewReplicaSetAvailable", "every serving pod runs the target model"
+    condition(ctx, PROGRESSING, status, reason, message)  # type: ignore[arg-type]
+
+
+def _condition(ctx: Context, type_: str) -> dict | None:
+    return next((c for c in ctx.status.get("conditions", []) if c.get("type") == type_), None)
 
 
 async def summarise(ctx: Context) -> None:
@@ -312,8 +430,12 @@ async def summarise(ctx: Context) -> None:
     status["selector"] = manifests.selector_string(manifests.serving_selector(ctx.name))
     if state is not None:
         total = state.report.num_layers_total
-        status.update(currentModel=state.model, currentLayers=state.layers, layersTotal=total)
-        status["layers"] = layers_text(state.layers, total)
+        status.update(targetModel=state.model, targetLayers=state.layers)
+        old = sorted({c for p in live if (c := _candidate(p)) is not None} - {state.model})
+        await rollout_progress(ctx, old)
+        if not old:  # no pod serves another model any more: the rollout (if any) is complete
+            status.update(currentModel=state.model, currentLayers=state.layers, layersTotal=total)
+            status["layers"] = layers_text(state.layers, total)
         status["breachRate"] = round(state.breaches.breach_rate, 4)
         status["tokensPerSecond"] = round(runtime.tokens_per_second, 3)
         status["policyState"] = policy_state.encode(state)

@@ -36,19 +36,7 @@ def evaluation_table(
             except (NoFeasibleOption, ValueError):
                 layers = report.num_layers_total
         prediction = predict(report, layers, spec, budget)
-        rows.append(
-            CandidateEvaluation(
-                name=report.model,
-                model=report.model_ref,
-                layers=layers,
-                layers_total=report.num_layers_total,
-                agreement=prediction.agreement,
-                mean_exit_layer=prediction.mean_exit_layer,
-                tokens_per_second=prediction.tokens_per_second,
-                memory_bytes=prediction.weight_bytes,
-                chosen=chosen,
-            )
-        )
+        rows.append(CandidateEvaluation.from_prediction(prediction, report.model_ref, chosen))  # bounds included
     return rows
 
 
@@ -68,10 +56,25 @@ def telemetry_summary(
     )
 
 
+ROUTINE = frozenset({"hold", "reassess"})
+
+
 def append_history(history: Sequence[Mapping[str, Any]], decision: Decision) -> list[dict[str, Any]]:
-    """The status's decision history with ``decision`` added, newest last, bounded."""
+    """The status's decision history with ``decision`` added, newest last, bounded.
+
+    Holds and reassessments repeat (every reassessment that finds nothing better is a reassess and a
+    hold): since the last change only the newest of each kind is kept, with a ``repeats`` count, so
+    the changes themselves stay in the history.
+    """
     entry = decision.summary().model_dump(mode="json", by_alias=True, exclude_none=True)
-    return [*(dict(item) for item in history), entry][-MAX_DECISION_HISTORY:]
+    entries = [dict(item) for item in history]
+    if entry["kind"] in ROUTINE:
+        last_change = max((i for i, item in enumerate(entries) if item["kind"] not in ROUTINE), default=-1)
+        for index in range(len(entries) - 1, last_change, -1):
+            if entries[index]["kind"] == entry["kind"]:
+                entry["repeats"] = int(entries.pop(index).get("repeats") or 1) + 1
+                break
+    return [*entries, entry][-MAX_DECISION_HISTORY:]
 
 
 def helios_status_report(

@@ -56,6 +56,27 @@ def is_ready(pod: Mapping[str, Any]) -> bool:
     )
 
 
+class ControlClient:
+    """The operator's HTTP client for one HeliosDeployment's workers: every request carries its control token.
+
+    It offers the three calls the operator makes (``get``, ``post``, ``request``), so code that talks to
+    workers takes either this or a plain ``httpx.AsyncClient``.
+    """
+
+    def __init__(self, client: httpx.AsyncClient, token: str | None) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    async def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return await self.client.get(url, headers=self.headers, **kwargs)
+
+    async def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return await self.client.post(url, headers=self.headers, **kwargs)
+
+    async def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        return await self.client.request(method, url, headers=self.headers, **kwargs)
+
+
 def endpoint(pod: Mapping[str, Any], port: int, allow_annotation: bool) -> str | None:
     """The pod's base URL: its IP and the worker port, or the endpoint annotation where allowed."""
     annotations = pod.get("metadata", {}).get("annotations") or {}

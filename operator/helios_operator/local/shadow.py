@@ -14,57 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import httpx
 
 from helios_operator.local.serving import Starter, Worker
 from helios_operator.local.supervisor import WorkerFailed, WorkerSettings
+from helios_operator.shadow_round import ShadowFailed, ShadowScore, shadow_round
 
-SAMPLES_PATH = "/v1/helios/shadow-samples"
-SCORE_PATH = "/v1/helios/shadow-score"
-RESULT_PATH = "/v1/helios/shadow-result"
-SCORE_TIMEOUT_SECONDS = 120.0
-
-
-class ShadowFailed(RuntimeError):
-    """A step of the round trip failed; the message names the URL and the answer."""
-
-
-@dataclass(frozen=True)
-class ShadowScore:
-    num_tokens: int
-    num_matches: int
-
-
-async def _call(client: httpx.AsyncClient, method: str, url: str, body: dict | None = None) -> dict:
-    try:
-        response = await client.request(method, url, json=body, timeout=SCORE_TIMEOUT_SECONDS)
-    except httpx.HTTPError as error:
-        raise ShadowFailed(f"{url}: {error}") from error
-    if response.status_code != 200:
-        raise ShadowFailed(f"{url} answered {response.status_code}: {response.text[:300]}")
-    try:
-        return dict(response.json())
-    except (ValueError, TypeError) as error:
-        raise ShadowFailed(f"{url} answered something that is not a JSON object") from error
-
-
-async def shadow_round(client: httpx.AsyncClient, serving_url: str, scorer_url: str) -> ShadowScore | None:
-    """Samples from the serving worker -> scored by the scorer -> recorded on the serving worker.
-
-    None when there were no samples. The samples are gone from the serving worker once read,
-    so a failure after that loses them (they are a sample; the next round has new ones).
-    """
-    samples = (await _call(client, "GET", serving_url + SAMPLES_PATH)).get("samples")
-    if not isinstance(samples, list):
-        raise ShadowFailed(f"{serving_url}{SAMPLES_PATH} answered without a samples list")
-    if not samples:
-        return None
-    score = await _call(client, "POST", scorer_url + SCORE_PATH, {"samples": samples})
-    result = {"tokens": score.get("tokens"), "matches": score.get("matches")}
-    await _call(client, "POST", serving_url + RESULT_PATH, result)
-    return ShadowScore(num_tokens=int(result["tokens"] or 0), num_matches=int(result["matches"] or 0))
+__all__ = ["ShadowCheck", "ShadowFailed", "ShadowScore", "shadow_round"]
 
 
 class ShadowCheck:

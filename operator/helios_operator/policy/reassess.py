@@ -20,7 +20,10 @@ from helios_operator.spec import HeliosDeploymentSpec
 
 
 def reassessment_due(state: AdaptState, spec: HeliosDeploymentSpec, now: datetime) -> str | None:
-    """Why a reassessment is due now, or None."""
+    """Why a reassessment is due now, or None (never within ``minReassessInterval`` of the last one)."""
+    last = state.last_assessment_at
+    if last is not None and (now - last).total_seconds() < spec.evaluation.min_reassess_interval:
+        return None
     every = spec.evaluation.reassess_every_requests
     if state.num_requests_since_assessment >= every:
         return f"{state.num_requests_since_assessment} requests since the last assessment (every {every})"

@@ -82,8 +82,8 @@ def create_app(
     install_error_handlers(app)
     # Starlette runs the last added middleware first: auth, then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    if settings.api_key:
-        app.add_middleware(BearerAuthMiddleware, api_key=settings.api_key)
+    if settings.api_key or settings.control_token:
+        app.add_middleware(BearerAuthMiddleware, api_key=settings.api_key, control_token=settings.control_token)
     app.include_router(openai_routes.router)
     app.include_router(helios_routes.router)
 

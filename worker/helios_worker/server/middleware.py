@@ -13,22 +13,32 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from helios_worker.server.errors import APIError, create_error_response
 
 PROTECTED_PREFIX = "/v1/"
+CONTROL_PREFIX = "/v1/helios/"
 
 
 class BearerAuthMiddleware:
-    """``/v1/*`` need ``Authorization: Bearer <key>``; health, readiness and metrics stay open."""
+    """Bearer auth for the two APIs; health, readiness and metrics stay open.
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    The control API (``/v1/helios/*``) takes the control token when one is set (the API key does
+    not open it: users of the OpenAI API cannot change layers or read other users' prompts), else
+    the API key. The OpenAI API (the rest of ``/v1/*``) takes the API key when one is set.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str | None, control_token: str | None = None) -> None:
         self.app = app
-        self._expected = f"Bearer {api_key}".encode()
+        self._api = f"Bearer {api_key}".encode() if api_key else None
+        self._control = f"Bearer {control_token}".encode() if control_token else self._api
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith(PROTECTED_PREFIX):
+            is_control = scope["path"].startswith(CONTROL_PREFIX)
+            expected = self._control if is_control else self._api
             given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self._expected):  # constant time: no key-guessing by timing
+            if expected is not None and not hmac.compare_digest(given, expected):  # constant time
+                what = "control token" if is_control and self._control is not self._api else "API key"
                 error = APIError(
                     401,
-                    "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                    f"missing or wrong {what}: send 'Authorization: Bearer <{what.split()[-1]}>'",
                     code="invalid_api_key",
                     headers={"WWW-Authenticate": "Bearer"},
                 )

@@ -79,7 +79,14 @@ class ServerSettings(BaseModel):
     )
     host: str = Field(default="0.0.0.0", min_length=1, description="address to listen on")
     port: int = Field(default=8000, ge=0, le=65535, description="port to listen on (0: any free port)")
-    api_key: str | None = Field(default=None, description="if set, /v1/* need 'Authorization: Bearer KEY'")
+    api_key: str | None = Field(
+        default=None, description="if set, the OpenAI API (/v1/*) needs 'Authorization: Bearer KEY'"
+    )
+    control_token: str | None = Field(
+        default=None,
+        description="if set, the control API (/v1/helios/*: layers, recent prompts, shadow, evaluation) needs "
+        "'Authorization: Bearer TOKEN' and the API key does not open it (the operator sets it from a Secret)",
+    )
     vllm_metrics: bool = Field(
         default=True, description="also export vLLM's metric names (vllm:*, label model_name) for autoscalers"
     )
@@ -122,7 +129,14 @@ class ServerSettings(BaseModel):
         return self
 
     @field_validator(
-        "api_key", "model_revision", "served_model_name", "exit_profile", "exit_histogram", "exits", mode="before"
+        "api_key",
+        "control_token",
+        "model_revision",
+        "served_model_name",
+        "exit_profile",
+        "exit_histogram",
+        "exits",
+        mode="before",
     )
     @classmethod
     def _empty_means_unset(cls, value: Any) -> Any:
@@ -158,5 +172,5 @@ class ServerSettings(BaseModel):
             first = error.errors()[0]
             field = str(first["loc"][0]) if first["loc"] else ""
             where = origin.get(field) or f"--{field.replace('_', '-')} / {ENV_PREFIX}{field.upper()}"
-            given = f" (got {values[field]!r})" if field in values and field != "api_key" else ""
+            given = f" (got {values[field]!r})" if field in values and field not in ("api_key", "control_token") else ""
             raise SettingsError(f"{where}: {first['msg']}{given}") from None
