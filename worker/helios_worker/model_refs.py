@@ -1,7 +1,7 @@
 """Turn a model reference into a local Hugging Face directory, offline.
 
 A reference is one of:
-- a built-in alias (``smollm2-135m``, ``helios-ee-tiny``),
+- a built-in alias (``smollm2-135m``, ``helios-ee-tiny``, ``helios-ee-small``),
 - a local directory holding ``config.json`` and ``*.safetensors``,
 - a hub id (``org/name``, optionally ``org/name@revision``) already in the local HF cache,
 - a URI as KServe and KubeAI users write them: ``hf://org/name[@revision]`` (the same hub id),
@@ -91,6 +91,7 @@ def _convert_gguf(gguf_file: Path, target: Path) -> None:
 ALIASES = {
     "smollm2-135m": _smollm2_135m,
     "helios-ee-tiny": lambda: _asset_dir("helios-ee-tiny"),
+    "helios-ee-small": lambda: _asset_dir("helios-ee-small"),
 }
 
 
