@@ -14,10 +14,8 @@ ready serving pod's endpoint, picked afresh for each request, as a Service would
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +23,6 @@ import httpx
 import pytest
 
 from e2e.pod_runner import PodRunner, container_env
-from helios_operator.crds import crd_files
 from helios_operator.k8s.manifests import ENDPOINT_ANNOTATION
 from helios_operator.k8s.workers import is_ready
 from helios_operator.local.config import packaged_prompts_path
@@ -33,7 +30,7 @@ from helios_operator.local.config import packaged_prompts_path
 if TYPE_CHECKING:
     from tests.k8s_fixtures import K8sApi, OperatorFactory
 
-pytest_plugins = ["tests.k8s_fixtures"]
+pytest_plugins = ["tests.k8s_fixtures", "tests.real_workers"]
 pytestmark = pytest.mark.slow
 
 HANDLERS = Path(__file__).resolve().parent.parent / "operator" / "helios_operator" / "k8s" / "handlers.py"
@@ -138,32 +135,14 @@ class Traffic:
         return [entry for entry in self.statuses if entry[1] != 200]
 
 
-@pytest.fixture
-def pod_runner(k8s_api: K8sApi, tmp_path: Path) -> Iterator[PodRunner]:
-    runner = PodRunner.from_kubeconfig(k8s_api.kubeconfig, "default", tmp_path / "pods", pre_stop=2.0)
-    try:
-        yield runner.start()
-    finally:
-        runner.stop()
-        for pid in runner.started:  # anything that outlived the stop, by PID
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
 @pytest.mark.timeout(240)
 def test_evaluate_serve_and_adapt_with_real_workers(
-    k8s_api: K8sApi, helios_operator: OperatorFactory, pod_runner: PodRunner, monkeypatch: pytest.MonkeyPatch
+    k8s_api: K8sApi, real_worker_operator: OperatorFactory, pod_runner: PodRunner
 ) -> None:
-    monkeypatch.setenv("HELIOS_OPERATOR_TICK", "0.5")
-    monkeypatch.setenv("HELIOS_OPERATOR_EVALUATION_POLL", "1")
-    monkeypatch.setenv("HELIOS_OPERATOR_HTTP_TIMEOUT", "5")
-    monkeypatch.setenv("HELIOS_OPERATOR_ENDPOINT_ANNOTATION", "1")
-    for text in crd_files().values():
-        k8s_api.apply(text)
     out_of_domain = [line for line in packaged_prompts_path("out_of_domain.txt").read_text().splitlines() if line]
     traffic = Traffic(k8s_api)
 
-    with helios_operator(HANDLERS, namespace="default") as runner:
+    with real_worker_operator(HANDLERS, namespace="default") as runner:
         k8s_api.apply(HELIOS_DEPLOYMENT)
         # Evaluation: one real worker per candidate, then a selection.
         status = wait_for(lambda: (s := hd_status(k8s_api))["phase"] == "Serving" and s, "Serving", timeout=120)
@@ -249,17 +228,11 @@ spec:
 
 @pytest.mark.timeout(240)
 def test_shadow_check_scores_sampled_traffic_at_full_depth(
-    k8s_api: K8sApi, helios_operator: OperatorFactory, pod_runner: PodRunner, monkeypatch: pytest.MonkeyPatch
+    k8s_api: K8sApi, real_worker_operator: OperatorFactory, pod_runner: PodRunner
 ) -> None:
-    monkeypatch.setenv("HELIOS_OPERATOR_TICK", "0.5")
-    monkeypatch.setenv("HELIOS_OPERATOR_EVALUATION_POLL", "1")
-    monkeypatch.setenv("HELIOS_OPERATOR_HTTP_TIMEOUT", "5")
-    monkeypatch.setenv("HELIOS_OPERATOR_ENDPOINT_ANNOTATION", "1")
-    for text in crd_files().values():
-        k8s_api.apply(text)
     client = httpx.Client(timeout=60.0)
 
-    with helios_operator(HANDLERS, namespace="default") as runner:
+    with real_worker_operator(HANDLERS, namespace="default") as runner:
         k8s_api.apply(SHADOW_DEPLOYMENT)
         wait_for(lambda: hd_status(k8s_api)["phase"] == "Serving", "Serving", timeout=120)
         env = deployment_env(k8s_api, f"{NAME}-shadow")

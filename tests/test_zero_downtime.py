@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,14 +23,13 @@ import pytest
 
 from e2e.pod_runner import PodRunner
 from e2e.service_router import ServiceRouter
-from helios_operator.crds import crd_files
 from helios_operator.k8s import manifests
 from helios_worker.model_refs import resolve
 
 if TYPE_CHECKING:
     from tests.k8s_fixtures import K8sApi, OperatorFactory
 
-pytest_plugins = ["tests.k8s_fixtures"]
+pytest_plugins = ["tests.k8s_fixtures", "tests.real_workers"]
 pytestmark = pytest.mark.slow
 
 HANDLERS = Path(__file__).resolve().parent.parent / "operator" / "helios_operator" / "k8s" / "handlers.py"
@@ -116,28 +113,10 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float) -> Any:
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-@pytest.fixture
-def pod_runner(k8s_api: K8sApi, tmp_path: Path) -> Iterator[PodRunner]:
-    runner = PodRunner.from_kubeconfig(k8s_api.kubeconfig, "default", tmp_path / "pods")
-    try:
-        yield runner.start()
-    finally:
-        runner.stop()
-        for pid in runner.started:  # anything that outlived the stop, by PID
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
 @pytest.mark.timeout(300)
 def test_no_request_fails_during_a_layer_change_and_a_model_switch(
-    k8s_api: K8sApi, kopf_operator: OperatorFactory, pod_runner: PodRunner, monkeypatch: pytest.MonkeyPatch
+    k8s_api: K8sApi, real_worker_operator: OperatorFactory, pod_runner: PodRunner
 ) -> None:
-    monkeypatch.setenv("HELIOS_OPERATOR_TICK", "0.5")
-    monkeypatch.setenv("HELIOS_OPERATOR_EVALUATION_POLL", "1")
-    monkeypatch.setenv("HELIOS_OPERATOR_HTTP_TIMEOUT", "5")
-    monkeypatch.setenv("HELIOS_OPERATOR_ENDPOINT_ANNOTATION", "1")
-    for text in crd_files().values():
-        k8s_api.apply(text)
     # Endpoint propagation takes this long here (a real cluster takes about as long): the preStop delay
     # (2 s) must outlast it, or requests reach a pod that has started to refuse them.
     router = ServiceRouter(pod_runner.kube, "default", manifests.serving_selector(NAME), refresh=1.5).start()
@@ -153,7 +132,7 @@ def test_no_request_fails_during_a_layer_change_and_a_model_switch(
 
     clients = None
     try:
-        with kopf_operator(HANDLERS, namespace="default") as runner:
+        with real_worker_operator(HANDLERS, namespace="default") as runner:
             k8s_api.apply(json.dumps(MANIFEST))
             chosen = wait_for(lambda: (s := status())["phase"] == "Serving" and s["currentLayers"], "Serving", 120)
             assert chosen < 8, "the low floor should pick fewer than all layers"
