@@ -44,6 +44,10 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.scanning.disabled = True
     # Progress in annotations: the status schema is structural and would prune kopf's own fields.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage()
+    # A HeliosDeployment deleted while its reconcile pass is mid-await keeps kopf's finalizer until
+    # the timer exits; kopf re-checks a still-running timer only every 60 s by default, so a
+    # `kubectl delete` hung for a minute whenever the pass was busy (CI under load hit it).
+    settings.background.cancellation_polling = 1.0
     memo.config = CONFIG
     memo.kube = Kube.from_environment()
     memo.http = httpx.AsyncClient(timeout=CONFIG.http_timeout_seconds)
