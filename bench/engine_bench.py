@@ -123,55 +123,64 @@ class Timed:
 class HFSystem:
     """HF generate with left padding (how a batch is fed to it); LayerSkip self-speculation with ``early_exit``."""
 
-    def __init__(self, model, prompts: list[list[int]], new_tokens: int, pad: int, early_exit: int | None = None):
+    def __init__(
+        self, model, batches: list[list[list[int]]], new_tokens: int, pad: int, early_exit: int | None = None
+    ) -> None:
         self.model, self.new_tokens, self.early_exit = model, new_tokens, early_exit
         device = model.device
-        self.width = max(map(len, prompts))
-        self.ids = torch.tensor([[pad] * (self.width - len(p)) + p for p in prompts], device=device)
-        mask = torch.tensor([[0] * (self.width - len(p)) + [1] * len(p) for p in prompts], device=device)
-        self.kwargs = dict(attention_mask=mask, do_sample=False, pad_token_id=pad)
+        self.inputs = []
+        for prompts in batches:
+            width = max(map(len, prompts))
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+            self.inputs.append((width, ids, mask))
+        self.kwargs = dict(do_sample=False, pad_token_id=pad)
         if early_exit is not None:
             self.kwargs["assistant_early_exit"] = early_exit
         self.name = "a hf-generate" if early_exit is None else f"p layerskip-L{early_exit}"
         self.layers, self.exits = model.config.num_hidden_layers, "-" if early_exit is None else f"draft {early_exit}"
-        model.generate(self.ids, max_new_tokens=2, **self.kwargs)  # warm-up
+        _, ids, mask = self.inputs[0]
+        model.generate(ids, attention_mask=mask, max_new_tokens=2, **self.kwargs)  # warm-up
         sync(device)
         start = time.perf_counter()
-        model.generate(self.ids, max_new_tokens=1, **self.kwargs)
+        model.generate(ids, attention_mask=mask, max_new_tokens=1, **self.kwargs)
         sync(device)
         self.ttft = time.perf_counter() - start
 
     def run(self) -> Timed:
         start = time.perf_counter()
         # min_new_tokens: like our runs' ignore_eos, every row makes exactly new_tokens tokens
-        n = self.new_tokens
-        out = self.model.generate(self.ids, max_new_tokens=n, min_new_tokens=n, **self.kwargs)
+        n, tokens = self.new_tokens, []
+        for width, ids, mask in self.inputs:
+            out = self.model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, **self.kwargs)
+            tokens += [row[width:].tolist() for row in out]
         sync(self.model.device)
         elapsed = time.perf_counter() - start
-        tokens = [row[self.width :].tolist() for row in out]
         exits = [self.layers] * sum(map(len, tokens))
-        return Timed(elapsed, tokens, self.ttft, (elapsed - self.ttft) / max(1, n - 1), exits, 0)
+        steps = len(self.inputs) * max(1, n - 1)
+        return Timed(elapsed, tokens, self.ttft, (elapsed - len(self.inputs) * self.ttft) / steps, exits, 0)
 
 
 class EngineSystem:
     def __init__(
-        self, loaded: LoadedModel, name: str, prompts: list[list[int]], new_tokens: int, config, exits=None
+        self, loaded: LoadedModel, name: str, batches: list[list[list[int]]], new_tokens: int, config, exits=None
     ) -> None:
-        self.loaded, self.name, self.prompts = loaded, name, prompts
+        self.loaded, self.name, self.batches = loaded, name, batches
         self.params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
         self.engine = Engine(loaded, config, exits=exits)
-        self.engine.generate(prompts[:1], SamplingParams(max_new_tokens=2, ignore_eos=True))  # warm-up
+        self.engine.generate(batches[0][:1], SamplingParams(max_new_tokens=2, ignore_eos=True))  # warm-up
         self.layers = self.engine.active_layers
-        self.exits = ",".join(map(str, self.engine.exit_layers_for(len(prompts), 64)[:-1])) or "L only"
+        self.exits = ",".join(map(str, self.engine.exit_layers_for(len(batches[0]), 64)[:-1])) or "L only"
 
     def run(self) -> Timed:
-        engine, heads, done = self.engine, 0, {}
+        engine, heads, done, ids = self.engine, 0, {}, []
         start = time.perf_counter()
-        ids = [engine.add_request(p, self.params) for p in self.prompts]
-        while engine.has_unfinished():
-            outputs, stats = engine.step()
-            heads += stats.num_head_rows
-            done.update({o.request_id: o for o in outputs if o.finished})
+        for prompts in self.batches:  # one batch after another, each decoded to its end
+            ids += [engine.add_request(p, self.params) for p in prompts]
+            while engine.has_unfinished():
+                outputs, stats = engine.step()
+                heads += stats.num_head_rows
+                done.update({o.request_id: o for o in outputs if o.finished})
         sync(self.loaded.device)
         elapsed = time.perf_counter() - start
         outputs = [done[i] for i in ids]
@@ -252,31 +261,32 @@ def bench_model(ref: str, args) -> list[tuple[str, list[Run]]]:
     tables = []
     truncated = {layers: load_model(ref, layers, device=device, dtype=dtype) for layers in sweep}
     for batch in args.batch_sizes:
-        prompts = [full.tokenizer(text[i % len(text)]).input_ids for i in range(batch)]
+        prompts = [full.tokenizer(text[i % len(text)]).input_ids for i in range(batch * args.batches)]
+        batches = [prompts[i : i + batch] for i in range(0, len(prompts), batch)]
         seq_len = max(map(len, prompts)) + args.new_tokens + 1
         base = dict(max_batch_size=batch, max_seq_len=seq_len, exit_threshold=args.threshold, exit_profile=profile)
-        systems: list = [HFSystem(hf, prompts, args.new_tokens, pad)]
+        systems: list = [HFSystem(hf, batches, args.new_tokens, pad)]
         if batch == 1:
-            systems += [HFSystem(hf, prompts, args.new_tokens, pad, early_exit=layers) for layers in sweep]
-        systems.append(EngineSystem(full, "b full", prompts, args.new_tokens, EngineConfig(early_exit=False, **base)))
+            systems += [HFSystem(hf, batches, args.new_tokens, pad, early_exit=layers) for layers in sweep]
+        systems.append(EngineSystem(full, "b full", batches, args.new_tokens, EngineConfig(early_exit=False, **base)))
         for gate in args.gates:
             config = EngineConfig(exit_layers=exit_config(args.exit_layers, n), exit_gate=gate, **base)
-            systems.append(EngineSystem(full, f"c ee-{gate}", prompts, args.new_tokens, config))
+            systems.append(EngineSystem(full, f"c ee-{gate}", batches, args.new_tokens, config))
         if args.exits:  # calibrated exits: translators, trained gates, and their own exit profile
             config = EngineConfig(exit_layers=exit_config(args.exit_layers, n), **{**base, "exit_profile": None})
             exits = load_exits(full, str(args.exits))
-            systems.append(EngineSystem(full, "c ee-calibrated", prompts, args.new_tokens, config, exits))
+            systems.append(EngineSystem(full, "c ee-calibrated", batches, args.new_tokens, config, exits))
         for layers, model in truncated.items():
             for gate in args.gates:
                 config = EngineConfig(exit_layers=exit_config(args.exit_layers, layers), exit_gate=gate, **base)
-                systems.append(EngineSystem(model, f"d helios-L{layers}-{gate}", prompts, args.new_tokens, config))
+                systems.append(EngineSystem(model, f"d helios-L{layers}-{gate}", batches, args.new_tokens, config))
             if args.exits:
                 config = EngineConfig(
                     exit_layers=exit_config(args.exit_layers, layers), **{**base, "exit_profile": None}
                 )
                 name = f"d helios-L{layers}-calibrated"
                 systems.append(
-                    EngineSystem(model, name, prompts, args.new_tokens, config, load_exits(model, str(args.exits)))
+                    EngineSystem(model, name, batches, args.new_tokens, config, load_exits(model, str(args.exits)))
                 )
         runs = time_systems(systems, args.repeats, device)
         for run in runs:
@@ -347,6 +357,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gates", nargs="*", default=["none", "saturation"], help="exit gates to compare")
     parser.add_argument("--exits", type=Path, default=None, help="calibrated exits (helios calibrate) to add rows for")
     parser.add_argument("--prompts", type=Path, default=None)
+    parser.add_argument(
+        "--batches", type=int, default=1, help="batches of distinct prompts per timed run, decoded one after another"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds; each config's fastest counts")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
@@ -363,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"command: python bench/engine_bench.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     print(f"load average at start: {load_average()}")
     print(
-        f"settings: best of {args.repeats} runs, {args.new_tokens} new tokens, threshold {args.threshold}, "
+        f"settings: best of {args.repeats} runs of {args.batches} batch(es), {args.new_tokens} new tokens, "
+        f"threshold {args.threshold}, "
         f"exit layers {args.exit_layers}, gates {', '.join(args.gates)}\n"
     )
     with torch.inference_mode():
