@@ -84,3 +84,44 @@ def test_sigterm_lets_the_running_stream_finish_then_exits_0(tiny_model):
             process.kill()
         output, _ = process.communicate(timeout=10)
         print(output)
+
+
+@pytest.mark.timeout(PROCESS_TIMEOUT_SECONDS + 30)
+def test_control_port_serves_the_control_api_and_nothing_else(tiny_model):
+    """With --control-port, /v1/helios/* answers there only and the OpenAI API on --port only."""
+    model = tiny_model("llama")
+    port, control_port = free_port(), free_port()
+    serving, control = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{control_port}"
+    command = [sys.executable, "-m", "helios_operator.cli", "serve", "--model", str(model), "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--control-port", str(control_port), "--torch-threads", "1"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HELIOS_CONTROL_TOKEN": "secret"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    auth = {"Authorization": "Bearer secret"}
+    try:
+        wait_ready(serving, timeout=PROCESS_TIMEOUT_SECONDS)
+        with httpx.Client(timeout=30) as client:
+            completion = client.post(f"{serving}/v1/completions", json={"prompt": "hi", "max_tokens": 2})
+            assert completion.status_code == 200
+            assert client.get(f"{serving}/metrics").status_code == 200
+            # The control API is not on the serving port, even with the token.
+            refused = client.get(f"{serving}/v1/helios/state", headers=auth)
+            assert refused.status_code == 404 and str(control_port) in refused.json()["error"]["message"]
+            state = client.get(f"{control}/v1/helios/state", headers=auth)
+            assert state.status_code == 200 and state.json()["layers_loaded"] == 4
+            changed = client.post(f"{control}/v1/helios/layers", json={"layers": 2}, headers=auth)
+            assert changed.status_code == 200
+            assert client.get(f"{control}/v1/helios/state", headers=auth).json()["layers_loaded"] == 2
+            assert client.get(f"{control}/v1/helios/state").status_code == 401  # the token still counts
+            # Nothing but the control API (and liveness) on the control port.
+            assert client.post(f"{control}/v1/completions", json={"prompt": "hi"}).status_code == 404
+            assert client.get(f"{control}/metrics").status_code == 404
+            assert client.get(f"{control}/health").status_code == 200
+    finally:
+        process.kill()
+        output, _ = process.communicate(timeout=10)
+        print(output)
+
+
+def test_control_port_must_differ_from_the_port(capsys):
+    assert main(["serve", "--model", "m", "--port", "8000", "--control-port", "8000"]) == 2
+    assert "control_port must differ from port" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 import sys
 
 from helios_worker.server.settings import ENV_ALIASES, ENV_PREFIX, ServerSettings
@@ -34,6 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(flag, default=None, metavar=_METAVARS.get(name, name.upper()), help=help_text)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free one), as uvicorn binds its own."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,6 +82,15 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"evaluation mode: {error}") from None
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sockets = None
+    if settings.control_port is not None:  # two listeners, one app: the middleware splits by port
+        try:
+            sockets = [bind_socket(settings.host, settings.port), bind_socket(settings.host, settings.control_port)]
+        except OSError as error:
+            raise UserError(f"cannot listen on {settings.host}: {error}") from None
+        ports = [sock.getsockname()[1] for sock in sockets]
+        settings = settings.model_copy(update={"port": ports[0], "control_port": ports[1]})
+        logging.getLogger("helios.server").info("serving on port %d, control API on port %d", *ports)
     app = create_app(settings, evaluation=evaluation)
     config = uvicorn.Config(
         app,
@@ -78,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=SOCKET_CLOSE_SECONDS,
     )
     worker = app.state.worker
-    DrainingServer(config, worker, settings.drain_seconds).run()
+    DrainingServer(config, worker, settings.drain_seconds).run(sockets=sockets)
     if worker.phase != Phase.FAILED:
         return 0
     from helios_worker.loading import ModelLoadError

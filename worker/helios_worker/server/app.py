@@ -29,7 +29,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from helios_worker.server import helios_routes, openai_routes
 from helios_worker.server.errors import install_error_handlers
-from helios_worker.server.middleware import BearerAuthMiddleware, BodyLimitMiddleware
+from helios_worker.server.middleware import BearerAuthMiddleware, BodyLimitMiddleware, PortSplitMiddleware
 from helios_worker.server.protocol import HealthResponse, ReadyResponse
 from helios_worker.server.settings import ServerSettings
 from helios_worker.server.state import Phase, WorkerState, load_engine
@@ -80,10 +80,12 @@ def create_app(
     app.state.registry = registry
     app.state.evaluation_provider = evaluation.provider if evaluation is not None else None
     install_error_handlers(app)
-    # Starlette runs the last added middleware first: auth, then the body limit.
+    # Starlette runs the last added middleware first: the port split, auth, then the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.api_key or settings.control_token:
         app.add_middleware(BearerAuthMiddleware, api_key=settings.api_key, control_token=settings.control_token)
+    if settings.control_port is not None:
+        app.add_middleware(PortSplitMiddleware, control_port=settings.control_port)
     app.include_router(openai_routes.router)
     app.include_router(helios_routes.router)
 

@@ -1,7 +1,7 @@
-"""ASGI middlewares that answer before any route runs: bearer auth and the body size limit.
+"""ASGI middlewares that answer before any route runs: the port split, bearer auth and the body size limit.
 
-Both run ahead of FastAPI's body parsing, so an unauthenticated or oversized request is
-refused without reading (or parsing) what it sent. Errors leave through the one error path.
+They run ahead of FastAPI's body parsing, so a misdirected, unauthenticated or oversized request
+is refused without reading (or parsing) what it sent. Errors leave through the one error path.
 """
 
 from __future__ import annotations
@@ -42,6 +42,31 @@ class BearerAuthMiddleware:
                     code="invalid_api_key",
                     headers={"WWW-Authenticate": "Bearer"},
                 )
+                await create_error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class PortSplitMiddleware:
+    """With a control port, each API answers on its own port only.
+
+    ``/v1/helios/*`` (layers, recent prompts, shadow, evaluation) on ``control_port``; the OpenAI
+    API, readiness and metrics on the serving port; ``/health`` on both. The port is the one the
+    connection came in on (ASGI ``scope["server"]``), so a NetworkPolicy that admits only the
+    operator to the control port keeps everyone else off the control API, token or not.
+    """
+
+    def __init__(self, app: ASGIApp, control_port: int) -> None:
+        self.app = app
+        self.control_port = control_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            server = scope.get("server")
+            is_control_port = server is not None and server[1] == self.control_port
+            if is_control_port != scope["path"].startswith(CONTROL_PREFIX):
+                where = f"the control port ({self.control_port})" if not is_control_port else "the serving port"
+                error = APIError(404, f"{scope['path']} is served on {where}, not on this one", code="not_found")
                 await create_error_response(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -79,6 +79,13 @@ class ServerSettings(BaseModel):
     )
     host: str = Field(default="0.0.0.0", min_length=1, description="address to listen on")
     port: int = Field(default=8000, ge=0, le=65535, description="port to listen on (0: any free port)")
+    control_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description="if set, the control API (/v1/helios/*) is served on this port only, and the OpenAI API, "
+        "probes and metrics on --port only, so a NetworkPolicy can admit just the operator to it (0: any free port)",
+    )
     api_key: str | None = Field(
         default=None, description="if set, the OpenAI API (/v1/*) needs 'Authorization: Bearer KEY'"
     )
@@ -121,6 +128,12 @@ class ServerSettings(BaseModel):
         return value
 
     @model_validator(mode="after")
+    def _ports_differ(self) -> ServerSettings:
+        if self.control_port is not None and self.control_port == self.port and self.port != 0:
+            raise ValueError(f"control_port must differ from port ({self.port})")
+        return self
+
+    @model_validator(mode="after")
     def _trained_gate_needs_exits(self) -> ServerSettings:
         if self.exit_gate == "trained" and self.exits is None:
             raise ValueError("exit_gate trained needs calibrated exits (--exits DIR from helios calibrate)")
@@ -131,6 +144,7 @@ class ServerSettings(BaseModel):
     @field_validator(
         "api_key",
         "control_token",
+        "control_port",
         "model_revision",
         "served_model_name",
         "exit_profile",
