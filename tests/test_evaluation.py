@@ -209,7 +209,10 @@ def test_evaluation_service_reads_the_operator_env() -> None:
         settings,
         {
             "HELIOS_EVAL_CANDIDATES": json.dumps(
-                [{"name": "a", "model": "/m/a"}, {"name": "b", "model": "org/b", "revision": "v2"}]
+                [
+                    {"name": "a", "model": "/m/a", "exits": "file:///exits/a"},
+                    {"name": "b", "model": "org/b", "revision": "v2"},
+                ]
             ),
             "HELIOS_EVAL_PROMPTS": '["one", " ", "two"]',
             "HELIOS_MAX_NEW_TOKENS": "5",
@@ -217,11 +220,21 @@ def test_evaluation_service_reads_the_operator_env() -> None:
         },
     )
     assert service.candidates == [("a", "/m/a"), ("b", "org/b@v2")] and service.prompts == ["one", "two"]
-    assert service.settings == {"max_new_tokens": 5, "exit_threshold": 0.6, "device": "cpu", "time_budget": 45.0}
+    # A candidate's calibrated exits (the spec's candidates[].exits) are what its evaluation runs with.
+    assert service.settings == {
+        "max_new_tokens": 5,
+        "exit_threshold": 0.6,
+        "device": "cpu",
+        "time_budget": 45.0,
+        "exits": {"a": "/exits/a"},
+    }
     # Nothing set: the worker's own model, the packaged prompts (also for an empty list).
     default = EvaluationService.from_settings(settings, {"HELIOS_EVAL_PROMPTS": "[]"})
     assert default.candidates == [("own", "/m/own")] and default.prompts[0] and len(default.prompts) > 3
     assert default.settings["max_new_tokens"] == 32 and default.settings["time_budget"] is None
+    assert default.settings["exits"] == {}
+    own = ServerSettings(mode="evaluate", model="/m/own", served_model_name="own", exits="/exits/own")
+    assert EvaluationService.from_settings(own, {}).settings["exits"] == {"own": "/exits/own"}
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,10 @@ from pydantic.alias_generators import to_camel
 DnsLabel = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
 
 
+# A sidecar directory: a path (no ':'), file:///PATH or pvc://CLAIM/PATH; never a hub id.
+EXITS_PATTERN = r"^(pvc://[a-z0-9]([-.a-z0-9]*[a-z0-9])?/[^\s/]\S*|file:///\S*|[^:\s]+)$"
+
+
 class SpecModel(BaseModel):
     """Base of every spec/status model: camelCase in YAML, snake_case in Python, no unknown keys."""
 
@@ -27,3 +31,12 @@ class Candidate(SpecModel):
         "a path inside the model volume, file:///path, or pvc://CLAIM/PATH (the claim is mounted read-only).",
     )
     revision: str | None = Field(default=None, description="Git revision (branch, tag or commit) of the model.")
+    exits: str | None = Field(
+        default=None,
+        min_length=1,
+        pattern=EXITS_PATTERN,
+        description="Calibrated exits of this model (a `helios calibrate` sidecar directory), used by its "
+        "evaluation and by the workers that serve it: a path inside the model volume (relative, or absolute "
+        "as the worker container sees it, e.g. /models/exits/NAME), file:///path, or pvc://CLAIM/PATH (the "
+        "claim is mounted read-only).",
+    )

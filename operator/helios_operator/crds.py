@@ -35,7 +35,13 @@ CEL_RULES: dict[str, list[Schema]] = {
             "rule": "self.candidates.all(c, self.candidates.exists_one(d, d.name == c.name))",
             "message": "candidate names must be unique",
             "fieldPath": ".candidates",
-        }
+        },
+        {
+            "rule": "!has(self.exit) || !has(self.exit.gate) || self.exit.gate != 'saturation' || "
+            "self.candidates.all(c, !has(c.exits) && !has(c.calibrate))",
+            "message": "exit.gate saturation cannot be combined with calibrated exits, whose trained gate decides",
+            "fieldPath": ".exit.gate",
+        },
     ],
     "MonitoringSpec": [
         {
@@ -55,6 +61,18 @@ CEL_RULES: dict[str, list[Schema]] = {
             "rule": "!has(self.recentTraffic) || self.recentTraffic || has(self.inline) || has(self.configMapRef)",
             "message": "recentTraffic is false and no inline prompts or configMapRef are given",
         },
+    ],
+    "Candidate": [
+        {
+            "rule": "!(has(self.exits) && has(self.calibrate))",
+            "message": "give exits or calibrate, not both",
+        }
+    ],
+    "CalibrationTexts": [
+        {
+            "rule": "has(self.configMapRef) != has(self.path)",
+            "message": "give exactly one of configMapRef or path",
+        }
     ],
     "ModelVolume": [
         {

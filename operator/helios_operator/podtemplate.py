@@ -27,13 +27,18 @@ WORKER_CONTAINER = "worker"
 MODELS_VOLUME = "models"
 TMP_VOLUME = "tmp"
 SHM_VOLUME = "dshm"
-RESERVED_VOLUMES = frozenset({MODELS_VOLUME, TMP_VOLUME, SHM_VOLUME})
+EXITS_VOLUME = "exits"  # the calibration claim (<name>-exits), where calibrate candidates' sidecars are
+EXITS_CLAIM_VOLUME = "exits-claim"  # the claim an exits: pvc://CLAIM/PATH names, when no model uses it
+TEXTS_VOLUME = "calibration-texts"  # a calibration Job's texts ConfigMap
+RESERVED_VOLUMES = frozenset({MODELS_VOLUME, TMP_VOLUME, SHM_VOLUME, EXITS_VOLUME, EXITS_CLAIM_VOLUME, TEXTS_VOLUME})
 # pvc:// candidates mount their claims as pvc-0, pvc-1, ... (see claim_volume_name).
 CLAIM_VOLUME = re.compile(r"^pvc-\d+$")
 MODEL_MOUNT = "/models"
 TMP_MOUNT = "/tmp"
 SHM_MOUNT = "/dev/shm"
-RESERVED_MOUNTS = (MODEL_MOUNT, TMP_MOUNT, SHM_MOUNT, PVC_ROOT)
+EXITS_MOUNT = "/mnt/exits"
+TEXTS_MOUNT = "/etc/helios/calibration-texts"
+RESERVED_MOUNTS = (MODEL_MOUNT, TMP_MOUNT, SHM_MOUNT, PVC_ROOT, EXITS_MOUNT, TEXTS_MOUNT)
 # HELIOS's own label and annotation keys: its selectors, the Service and evaluation lookups use
 # helios.dev/*, and the app.kubernetes.io keys it sets identify its pods.
 HELIOS_KEY_PREFIX = "helios.dev/"
@@ -83,7 +88,8 @@ class ExtraVolume(SpecModel):
     model_config = _KEPT_AS_GIVEN
 
     name: DnsLabel = Field(
-        description="Volume name, unique in the pod; not one of HELIOS's (`models`, `tmp`, `dshm`, `pvc-N`)."
+        description="Volume name, unique in the pod; not one of HELIOS's (`models`, `tmp`, `dshm`, `pvc-N`, "
+        "`exits`, `exits-claim`, `calibration-texts`)."
     )
 
     @field_validator("name")

@@ -26,7 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from helios_contracts.candidate import Candidate, SpecModel
+from helios_contracts.candidate import Candidate as CandidateModel
+from helios_contracts.candidate import SpecModel
 from helios_operator.podtemplate import ExtraVolumeMount, PodTemplate
 
 API_GROUP = "helios.dev"
@@ -227,6 +228,102 @@ class ResourceRequirements(SpecModel):
     )
     limits: dict[str, K8sQuantity] = Field(
         default_factory=dict, description="As in a Pod, e.g. {memory: 16Gi, nvidia.com/gpu: 1}."
+    )
+
+
+class ConfigMapTextsRef(SpecModel):
+    name: ObjectName = Field(description="ConfigMap in the HeliosDeployment's namespace.")
+    key: str = Field(
+        default="texts",
+        min_length=1,
+        max_length=253,
+        pattern=r"^[-._a-zA-Z0-9]+$",
+        description="Key holding the calibration text (plain text, any length up to the ConfigMap limit).",
+    )
+
+
+class CalibrationTexts(SpecModel):
+    """Exactly one source of the text a calibration fits on."""
+
+    config_map_ref: ConfigMapTextsRef | None = Field(default=None, description="Text read from a ConfigMap key.")
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        pattern=r"^[^:\s]+$",
+        description="A text file, or a directory of .txt/.md/.rst/.py files, on the model volume (relative to it, "
+        "or absolute as the worker container sees it, e.g. /models/texts).",
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CalibrationTexts:
+        if (self.config_map_ref is None) == (self.path is None):
+            raise ValueError("give exactly one of configMapRef or path")
+        return self
+
+
+ExitLayers = Annotated[str, Field(pattern=r"^(auto|[1-9][0-9]*(,[1-9][0-9]*)*)$")]
+
+
+class CalibrateSpec(SpecModel):
+    texts: CalibrationTexts = Field(description="Text the exits are fitted on, by self-distillation.")
+    tokens: int = Field(default=20000, ge=100, description="Tokens of that text to use (a fifth is held out).")
+    exit_layers: ExitLayers = Field(
+        default="auto",
+        description="Layers to fit exits at: auto (up to 12 over the upper three quarters) or a 1-based list, "
+        "e.g. '4,6,8'.",
+    )
+
+
+class Candidate(CandidateModel):
+    calibrate: CalibrateSpec | None = Field(
+        default=None,
+        description="Have HELIOS calibrate exits for this model before its evaluation: a Job of the worker image "
+        "runs `helios-worker calibrate` and writes the sidecar to the calibration volume "
+        "(spec.calibration.volume), which evaluation and serving pods mount read-only. Not with exits.",
+    )
+
+    @model_validator(mode="after")
+    def _exits_or_calibrate(self) -> Candidate:
+        if self.exits is not None and self.calibrate is not None:
+            raise ValueError(f"candidate {self.name}: give exits or calibrate, not both")
+        return self
+
+    def contract(self, exits: str | None) -> CandidateModel:
+        """The candidate as a worker takes it (HELIOS_EVAL_CANDIDATES): with the exits path it will read."""
+        return CandidateModel(name=self.name, model=self.model, revision=self.revision, exits=exits)
+
+
+class ExitsVolume(SpecModel):
+    size: str = Field(
+        default="1Gi", pattern=_K8S_QUANTITY.pattern, description="Storage requested by the calibration claim."
+    )
+    storage_class_name: str | None = Field(
+        default=None, min_length=1, description="StorageClass of the claim. Unset: the cluster's default."
+    )
+    access_modes: list[Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]] = Field(
+        default=["ReadWriteOnce"],
+        min_length=1,
+        description="Access modes of the claim. ReadWriteOnce lets only pods on one node mount it: when "
+        "evaluation and serving pods run on several nodes, use ReadWriteMany (or ReadOnlyMany, with a "
+        "provisioner that allows the Job's write).",
+    )
+
+
+class CalibrationSpec(SpecModel):
+    volume: ExitsVolume = Field(
+        default_factory=ExitsVolume,
+        description="The PersistentVolumeClaim `<name>-exits` HELIOS creates when a candidate has calibrate; "
+        "each such candidate's sidecar is at /mnt/exits/<candidate> on it.",
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="Resources of calibration Jobs. Unset: those of evaluation pods."
+    )
+    timeout: Duration = Field(
+        default="30m",
+        validate_default=True,
+        gt=0.0,
+        description="activeDeadlineSeconds of a calibration Job, e.g. '30m': a Job still running then fails, and "
+        "its candidate with it.",
     )
 
 
@@ -505,6 +602,19 @@ class HeliosDeploymentSpec(SpecModel):
     )
     context_tokens: int = Field(default=2048, ge=1, description="Context length a batch slot is sized for.")
     worker: WorkerSpec = Field(default_factory=WorkerSpec, description="Worker pod settings.")
+    calibration: CalibrationSpec = Field(
+        default_factory=CalibrationSpec, description="Calibration Jobs of candidates with calibrate."
+    )
+
+    @model_validator(mode="after")
+    def _calibrated_exits_gate(self) -> HeliosDeploymentSpec:
+        calibrated = [c.name for c in self.candidates if c.exits is not None or c.calibrate is not None]
+        if calibrated and self.exit.gate == "saturation":
+            raise ValueError(
+                f"exit.gate saturation cannot be combined with calibrated exits ({', '.join(calibrated)}), "
+                "whose trained gate decides; use gate none"
+            )
+        return self
 
     @field_validator("candidates")
     @classmethod

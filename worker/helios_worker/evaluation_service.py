@@ -13,8 +13,10 @@ instead of loading a model to serve, and answers ``GET /v1/helios/evaluation`` w
 (the operator's ``workers.EvaluationStatus`` reads it). The environment is the operator's pod
 spec (``manifests.build_evaluation_pod``); this module is its only reader:
 
-- ``HELIOS_EVAL_CANDIDATES``: JSON list of ``{"name", "model", "revision"?}`` (the spec's
-  candidates); unset: the worker's own ``--model`` / ``HELIOS_MODEL``, named as it serves it
+- ``HELIOS_EVAL_CANDIDATES``: JSON list of ``{"name", "model", "revision"?, "exits"?}`` (the spec's
+  candidates; ``exits`` a calibrated-exits directory, which the report then records); unset: the
+  worker's own ``--model`` / ``HELIOS_MODEL`` (with its ``--exits`` / ``HELIOS_EXITS``), named as it
+  serves it
 - ``HELIOS_EVAL_PROMPTS``: JSON list of prompt strings; unset or empty: the packaged
   in-domain prompts (the operator sends none when the spec asks for recent traffic and there
   is none yet)
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import PositiveFloat, PositiveInt, TypeAdapter, ValidationError
 
 from helios_contracts.candidate import Candidate
+from helios_contracts.model_uris import from_uri
 from helios_contracts.reports import EvaluationReport
 from helios_worker.evaluation import evaluate_candidates
 
@@ -95,6 +98,7 @@ class EvaluationService:
         exit_threshold: float = 0.8,
         device: str = "cpu",
         time_budget: float | None = None,
+        exits: Mapping[str, str] | None = None,
         telemetry: GpuTelemetry | None = None,
         evaluate: Evaluate = evaluate_candidates,
     ) -> None:
@@ -110,6 +114,7 @@ class EvaluationService:
             "exit_threshold": exit_threshold,
             "device": device,
             "time_budget": time_budget,
+            "exits": dict(exits or {}),  # candidate name -> calibrated-exits directory
         }
         self.telemetry = telemetry  # energy per token when evaluating on a GPU
         # Called on the evaluation thread with the reports before the status turns "done"
@@ -125,11 +130,14 @@ class EvaluationService:
     def from_settings(cls, settings: ServerSettings, environ: Mapping[str, str]) -> EvaluationService:
         """The evaluation the worker's settings and environment ask for; ValueError naming a bad variable."""
         if CANDIDATES_ENV in environ:
-            candidates = [(c.name, candidate_ref(c)) for c in _read(environ, CANDIDATES_ENV, _CANDIDATES)]
-            if not candidates:
+            listed = _read(environ, CANDIDATES_ENV, _CANDIDATES)
+            if not listed:
                 raise ValueError(f"{CANDIDATES_ENV}: the list is empty; give at least one candidate")
+            candidates = [(c.name, candidate_ref(c)) for c in listed]
+            exits = {c.name: from_uri(c.exits) for c in listed if c.exits}
         else:
             candidates = [(settings.model_name, settings.model_ref)]
+            exits = {settings.model_name: settings.exits} if settings.exits else {}
         prompts = _read(environ, PROMPTS_ENV, _PROMPTS) if PROMPTS_ENV in environ else []
         prompts = [prompt for prompt in prompts if prompt.strip()] or default_prompts()
         max_new_tokens = DEFAULT_MAX_NEW_TOKENS
@@ -151,6 +159,7 @@ class EvaluationService:
             exit_threshold=settings.exit_threshold,
             device=device,
             time_budget=time_budget,
+            exits=exits,
             telemetry=telemetry,
         )
 

@@ -21,10 +21,15 @@ from helios_contracts.reports import EvaluationReport
 from helios_operator.heliosstatus import HELIOS_STATUS_KIND, HeliosStatusReport
 from helios_operator.k8s.overlay import overlay_pod
 from helios_operator.podtemplate import (
+    EXITS_CLAIM_VOLUME,
+    EXITS_MOUNT,
+    EXITS_VOLUME,
     MODEL_MOUNT,
     MODELS_VOLUME,
     SHM_MOUNT,
     SHM_VOLUME,
+    TEXTS_MOUNT,
+    TEXTS_VOLUME,
     TMP_MOUNT,
     TMP_VOLUME,
     WORKER_CONTAINER,
@@ -43,6 +48,7 @@ MANAGED_BY = "helios-operator"
 ROLE_SERVE = "serve"
 ROLE_EVALUATE = "evaluate"
 ROLE_SHADOW = "shadow"
+ROLE_CALIBRATE = "calibrate"
 ENDPOINT_ANNOTATION = "helios.dev/endpoint"
 GPU_RESOURCE = "nvidia.com/gpu"
 REPORTS_KEY = "reports.json"
@@ -308,6 +314,165 @@ def candidate_named(spec: HeliosDeploymentSpec, name: str) -> Candidate:
     raise KeyError(f"no candidate named {name!r} in the spec")
 
 
+# --- calibrated exits ---------------------------------------------------------------------------
+
+
+def exits_claim_name(deployment: str) -> str:
+    """The PersistentVolumeClaim calibration Jobs write sidecars to, one per HeliosDeployment."""
+    return f"{deployment}-exits"
+
+
+def exits_path(candidate: Candidate) -> str | None:
+    """Where a worker finds the candidate's calibrated exits, or None without any.
+
+    ``calibrate``: its Job's output on the calibration claim; ``exits``: the reference as a path in the
+    container (pvc:// under PVC_ROOT/CLAIM, file:// as is, a relative path inside the model volume).
+    """
+    if candidate.calibrate is not None:
+        return f"{EXITS_MOUNT}/{candidate.name}"
+    ref = candidate.exits
+    if ref is None:
+        return None
+    if ref.startswith("pvc://"):
+        claim, path = split_pvc(ref)
+        return f"{PVC_ROOT}/{claim}/{path}"
+    if ref.startswith("file://"):
+        return ref.removeprefix("file://")
+    return ref if ref.startswith("/") else f"{MODEL_MOUNT}/{ref.strip('/')}"
+
+
+def evaluated_candidate(candidate: Candidate) -> Manifest:
+    """The candidate as its evaluation pod's worker reads it (HELIOS_EVAL_CANDIDATES), exits as a path."""
+    contract = candidate.contract(exits_path(candidate))
+    return contract.model_dump(by_alias=True, exclude_none=True)
+
+
+def with_exits_volumes(pod: Manifest, spec: HeliosDeploymentSpec, candidate: Candidate, deployment: str) -> Manifest:
+    """Mount, read-only, the claim that holds ``candidate``'s calibrated exits (if it has any).
+
+    Only the pods of that candidate mount it, so a switch to a candidate without exits drops it.
+    A pvc:// claim that a model reference already mounts is not mounted twice.
+    """
+    claim = None
+    if candidate.calibrate is not None:
+        claim, volume, mount = exits_claim_name(deployment), EXITS_VOLUME, EXITS_MOUNT
+    elif candidate.exits is not None and candidate.exits.startswith("pvc://"):
+        name, _ = split_pvc(candidate.exits)
+        if name not in model_claims(spec):
+            claim, volume, mount = name, EXITS_CLAIM_VOLUME, f"{PVC_ROOT}/{name}"
+    if claim is None:
+        return pod
+    pod["volumes"].append({"name": volume, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+    pod["containers"][0]["volumeMounts"].append({"name": volume, "mountPath": mount, "readOnly": True})
+    return pod
+
+
+def build_exits_claim(owner: Mapping[str, Any], spec: HeliosDeploymentSpec) -> Manifest:
+    """The calibration claim: made once (a claim's spec is immutable), owned by the HeliosDeployment."""
+    name = owner["metadata"]["name"]
+    volume = spec.calibration.volume
+    claim: Manifest = {"accessModes": list(volume.access_modes), "resources": {"requests": {"storage": volume.size}}}
+    if volume.storage_class_name is not None:
+        claim["storageClassName"] = volume.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(exits_claim_name(name), owner, base_labels(name)),
+        "spec": claim,
+    }
+
+
+def calibration_job_name(deployment: str, candidate: str) -> str:
+    return f"{deployment}-calibrate-{candidate}"
+
+
+def calibration_selector(deployment: str, candidate: str) -> dict[str, str]:
+    return {LABEL_DEPLOYMENT: deployment, LABEL_ROLE: ROLE_CALIBRATE, LABEL_CANDIDATE: candidate}
+
+
+def _calibration_resources(spec: HeliosDeploymentSpec) -> Manifest:
+    resources = spec.calibration.resources or spec.evaluation.resources or spec.worker.resources
+    return {
+        key: dict(values) for key, values in (("requests", resources.requests), ("limits", resources.limits)) if values
+    }
+
+
+def calibration_texts_path(candidate: Candidate) -> str:
+    """Where the Job's ``--texts`` points: the ConfigMap key's file, or the path on the model volume."""
+    texts = candidate.calibrate.texts  # type: ignore[union-attr]
+    if texts.config_map_ref is not None:
+        return f"{TEXTS_MOUNT}/{texts.config_map_ref.key}"
+    path = texts.path or ""
+    return path if path.startswith("/") else f"{MODEL_MOUNT}/{path.strip('/')}"
+
+
+def build_calibration_job(
+    owner: Mapping[str, Any], spec: HeliosDeploymentSpec, candidate: Candidate, image: str
+) -> Manifest:
+    """A Job of the worker image that runs ``helios-worker calibrate`` for ``candidate`` once.
+
+    It writes the sidecar to the calibration claim at EXITS_MOUNT/<candidate>; no retries
+    (backoffLimit 0: a fit that failed on this text fails again) and a deadline
+    (``spec.calibration.timeout``). A texts ConfigMap is mounted whole and ``optional``, so a
+    missing ConfigMap or key fails the Job with the worker's message instead of leaving its pod
+    waiting for the volume; the container's log tail becomes its termination message.
+    """
+    deployment = owner["metadata"]["name"]
+    settings = candidate.calibrate
+    if settings is None:
+        raise ValueError(f"candidate {candidate.name} has no calibrate settings")
+    model = (
+        f"{candidate.model}@{candidate.revision}"
+        if candidate.revision and "@" not in candidate.model
+        else candidate.model
+    )
+    resources = _calibration_resources(spec)
+    is_gpu = any(GPU_RESOURCE in values for values in resources.values())
+    pod = worker_pod_spec(spec, image, worker_env(spec, candidate, {}), restart="Never", role=ROLE_EVALUATE)
+    container = pod["containers"][0]
+    for key in ("ports", "startupProbe", "readinessProbe", "livenessProbe"):
+        container.pop(key, None)
+    container["command"] = [
+        "helios-worker",
+        "calibrate",
+        "--model",
+        model,
+        "--texts",
+        calibration_texts_path(candidate),
+        "--tokens",
+        str(settings.tokens),
+        "--exit-layers",
+        settings.exit_layers,
+        "--out",
+        f"{EXITS_MOUNT}/{candidate.name}",
+        "--device",
+        "cuda" if is_gpu else "cpu",
+    ]
+    container["resources"] = resources
+    container["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    container["volumeMounts"].append({"name": EXITS_VOLUME, "mountPath": EXITS_MOUNT})
+    pod["volumes"].append({"name": EXITS_VOLUME, "persistentVolumeClaim": {"claimName": exits_claim_name(deployment)}})
+    if (ref := settings.texts.config_map_ref) is not None:
+        container["volumeMounts"].append({"name": TEXTS_VOLUME, "mountPath": TEXTS_MOUNT, "readOnly": True})
+        pod["volumes"].append({"name": TEXTS_VOLUME, "configMap": {"name": ref.name, "optional": True}})
+    if is_gpu:
+        pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    else:
+        pod.pop("tolerations", None)
+    labels = {**base_labels(deployment), **calibration_selector(deployment, candidate.name)}
+    template = overlay_pod({"labels": labels}, pod, spec.worker.pod_template)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(calibration_job_name(deployment, candidate.name), owner, labels),
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": max(1, math.ceil(spec.calibration.timeout)),
+            "template": template,
+        },
+    }
+
+
 # --- children ----------------------------------------------------------------------------------
 
 
@@ -324,7 +489,7 @@ def build_evaluation_pod(
     labels = {**base_labels(deployment), **evaluation_selector(deployment, round_), LABEL_CANDIDATE: candidate.name}
     extra = {
         "HELIOS_MODE": "evaluate",
-        "HELIOS_EVAL_CANDIDATES": json.dumps([candidate.model_dump(by_alias=True, exclude_none=True)]),
+        "HELIOS_EVAL_CANDIDATES": json.dumps([evaluated_candidate(candidate)]),
         "HELIOS_EVAL_PROMPTS": json.dumps(list(prompts)[: spec.evaluation.prompts_per_candidate]),
         "HELIOS_MAX_NEW_TOKENS": str(spec.evaluation.max_new_tokens),
         "HELIOS_DEVICE": "cuda" if wants_gpu(spec, ROLE_EVALUATE) else "cpu",
@@ -333,8 +498,13 @@ def build_evaluation_pod(
         extra["HELIOS_EVAL_TIME_BUDGET"] = f"{spec.evaluation.time_budget:g}"
     pod = overlay_pod(
         _metadata(evaluation_pod_name(deployment, round_, candidate.name), owner, labels),
-        worker_pod_spec(
-            spec, image, worker_env(spec, candidate, extra, deployment), restart="OnFailure", role=ROLE_EVALUATE
+        with_exits_volumes(
+            worker_pod_spec(
+                spec, image, worker_env(spec, candidate, extra, deployment), restart="OnFailure", role=ROLE_EVALUATE
+            ),
+            spec,
+            candidate,
+            deployment,
         ),
         spec.worker.pod_template,
     )
@@ -370,6 +540,8 @@ def build_deployment(
     }
     if exit_histogram:
         extra["HELIOS_EXIT_HISTOGRAM"] = ",".join(map(str, exit_histogram))
+    if (exits := exits_path(candidate)) is not None:
+        extra["HELIOS_EXITS"] = exits
     if spec.monitoring.shadow.fraction > 0:
         extra["HELIOS_SHADOW_FRACTION"] = str(spec.monitoring.shadow.fraction)
     return {
@@ -385,8 +557,13 @@ def build_deployment(
                 {"labels": template_labels},
                 with_drain(
                     spec,
-                    worker_pod_spec(
-                        spec, image, [layers_env(name), *worker_env(spec, candidate, extra, name)], restart="Always"
+                    with_exits_volumes(
+                        worker_pod_spec(
+                            spec, image, [layers_env(name), *worker_env(spec, candidate, extra, name)], restart="Always"
+                        ),
+                        spec,
+                        candidate,
+                        name,
                     ),
                 ),
                 spec.worker.pod_template,

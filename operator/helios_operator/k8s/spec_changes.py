@@ -29,7 +29,11 @@ def _digest(value: object) -> str:
 def fingerprints(spec: HeliosDeploymentSpec) -> dict[str, str]:
     """A short hash of each part of ``spec`` that a decision depends on."""
     parts = {
-        "candidates": [c.model_dump(mode="json") for c in spec.candidates],
+        # exits and calibrate only when set, so that specs without them keep the hashes they had
+        "candidates": [
+            {key: value for key, value in c.model_dump(mode="json").items() if value is not None or key == "revision"}
+            for c in spec.candidates
+        ],
         "exit": spec.exit.model_dump(mode="json"),
         "evaluation": spec.evaluation.model_dump(mode="json", exclude=_CADENCE),
         "objective": spec.objective,
