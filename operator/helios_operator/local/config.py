@@ -2,8 +2,8 @@
 
 The local run reads the same ``HeliosDeploymentSpec`` as the operator, so a manifest tried
 with ``helios run`` can be applied to a cluster unchanged. Kubernetes-only settings (worker
-image, resources, replicas) are accepted and ignored here; a ConfigMap prompt source cannot
-be read without a cluster, so it is rejected up front.
+image, resources, replicas, the calibration volume) are accepted and ignored here; a ConfigMap
+prompt or calibration-text source cannot be read without a cluster, so it is rejected up front.
 """
 
 from __future__ import annotations
@@ -35,6 +35,12 @@ def load_run_spec(path: str | Path | None) -> HeliosDeploymentSpec:
             f"{config}: evaluation.prompts.configMapRef needs Kubernetes; helios run takes inline prompts "
             "or recentTraffic"
         )
+    for candidate in spec.candidates:
+        if candidate.calibrate is not None and candidate.calibrate.texts.config_map_ref is not None:
+            raise SpecError(
+                f"{config}: candidates[{candidate.name}].calibrate.texts.configMapRef needs Kubernetes; helios run "
+                "takes calibrate.texts.path"
+            )
     return spec
 
 

@@ -45,9 +45,11 @@ class EvaluationJob:
     max_new_tokens: int
     exit_threshold: float
     time_budget: float | None = None  # seconds of generation (the spec's evaluation.timeBudget)
+    exits: str | None = None  # calibrated exits (helios calibrate's sidecar) the candidate is evaluated with
 
     def command(self) -> list[str]:
         budget = [] if self.time_budget is None else ["--time-budget", str(self.time_budget)]
+        exits = [] if self.exits is None else ["--exits", f"{self.name}={self.exits}"]
         return [
             sys.executable,
             "-m",
@@ -62,6 +64,7 @@ class EvaluationJob:
             "--exit-threshold",
             str(self.exit_threshold),
             *budget,
+            *exits,
             "--json",
         ]
 

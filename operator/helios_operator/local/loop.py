@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 
 from helios_contracts.reports import EvaluationReport
+from helios_operator.local.calibrate import CalibrationFailed, CalibrationJob, exits_dirs
+from helios_operator.local.calibrate import calibrate as calibrate_exits
 from helios_operator.local.config import candidate_ref, spec_hash
 from helios_operator.local.evaluate import (
     EvaluationFailed,
@@ -218,7 +220,30 @@ class LocalRun:
         except (httpx.HTTPError, ValueError, KeyError, TypeError):
             return []
 
+    @property
+    def _exits_dir(self) -> Path:
+        return self.options.state_file.parent / "exits"
+
+    async def calibrate(self) -> None:
+        """Calibrate the exits of each candidate with ``calibrate`` (once per settings: see local/calibrate.py)."""
+        for candidate in self.spec.candidates:
+            if candidate.calibrate is None:
+                continue
+            job = CalibrationJob.of(candidate, self._exits_dir)
+            if job.is_done:
+                continue
+            self.message = f"calibrating {candidate.name} on {job.texts}"
+            self._log("evaluate", f"calibrating the exits of {candidate.name} on {job.texts} ({job.tokens} tokens)")
+            try:
+                out = await calibrate_exits(job, self.options.evaluation_timeout)
+            except CalibrationFailed as error:
+                self._log("error", f"calibration failed: {error}")
+                raise RunFailed(f"calibration failed: {error}") from error
+            self._log("evaluate", f"calibrated the exits of {candidate.name}: {out}")
+
     async def evaluate(self, from_traffic: bool) -> list[EvaluationReport]:
+        await self.calibrate()
+        exits = exits_dirs(self.spec, self._exits_dir)
         recent = await self._recent_prompts() if from_traffic else []
         prompts = evaluation_prompts(self.spec, recent)
         prompts_file = write_prompts(self.options.log_dir / "evaluation-prompts.txt", prompts)
@@ -230,6 +255,7 @@ class LocalRun:
                 max_new_tokens=self.spec.evaluation.max_new_tokens,
                 exit_threshold=self.spec.exit.threshold,
                 time_budget=self.spec.evaluation.time_budget,
+                exits=exits.get(candidate.name),
             )
             for candidate in self.spec.candidates
         ]
@@ -272,6 +298,7 @@ class LocalRun:
             exit_gate=self.spec.exit.gate,
             memory_budget=self.spec.memory_budget,
             context_tokens=self.spec.context_tokens,
+            exits=exits_dirs(self.spec, self._exits_dir).get(decision.model),
         )
 
     def _scorer_settings(self, model: str) -> WorkerSettings:

@@ -78,6 +78,7 @@ def serve_command(settings: WorkerSettings, port: int, host: str, drain_seconds:
         *(["--shadow-fraction", f"{settings.shadow_fraction:g}"] if settings.shadow_fraction else []),
         *(["--exit-histogram", ",".join(map(str, settings.exit_histogram))] if settings.exit_histogram else []),
         *(["--exit-gate", settings.exit_gate] if settings.exit_gate != "none" else []),
+        *(["--exits", settings.exits] if settings.exits else []),
         *(
             ["--memory-budget", str(settings.memory_budget), "--max-batch-size", str(MAX_NUM_SEQS)]
             if settings.memory_budget is not None
@@ -99,6 +100,7 @@ class WorkerSettings:
     exit_gate: str = "none"
     memory_budget: int | None = None  # spec.memoryBudget: the cache holds what fits, up to MAX_NUM_SEQS
     context_tokens: int | None = None  # spec.contextTokens: each sequence's slot
+    exits: str | None = None  # calibrated exits (a helios calibrate sidecar) the worker serves with
 
 
 class WorkerProcess:
