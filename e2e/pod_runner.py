@@ -8,7 +8,8 @@ makes HELIOS's children real:
   pod first, an old one deleted only once the new one is ready).
 * kubelet: every pod of such a Deployment, and every pod a HeliosDeployment owns directly
   (evaluation pods), runs as a real ``helios serve`` process with the container's env, on a
-  free port; the pod gets the ``helios.dev/endpoint`` annotation, phase Running, podIP
+  free port (and its control API on a second one); the pod gets the ``helios.dev/endpoint`` and
+  ``helios.dev/control-endpoint`` annotations, phase Running, podIP
   127.0.0.1 and a Ready condition that follows the worker's ``/ready``. A deleted pod's
   process gets SIGTERM (after a short pre-stop delay, so routers stop sending it requests)
   and SIGKILL by PID when it does not drain in time; ``stop`` ends every process.
@@ -41,7 +42,7 @@ import httpx
 import kubernetes
 
 from helios_operator.k8s.kube import MERGE_PATCH, Kube, KubeError
-from helios_operator.k8s.manifests import ENDPOINT_ANNOTATION
+from helios_operator.k8s.manifests import CONTROL_ENDPOINT_ANNOTATION, ENDPOINT_ANNOTATION
 from helios_operator.k8s.workers import is_ready
 from helios_operator.local.supervisor import free_port
 
@@ -63,6 +64,7 @@ class PodProcess:
     process: subprocess.Popen
     url: str
     log_path: Path
+    control_url: str | None = None  # the control API's listener, when the pod asks for one
     is_ready: bool = False
     has_exited: bool = False
     pre_stop: float | None = None  # the container's preStop sleep, if it has one
@@ -185,6 +187,10 @@ def start_container(pod: Mapping[str, Any], workdir: Path, config_maps: ConfigMa
     base = {key: value for key, value in os.environ.items() if not key.startswith("HELIOS_")}
     resolved = container_env(pod, pod_dir, config_maps)
     env = {**base, **resolved, "HELIOS_HOST": "127.0.0.1", "HELIOS_PORT": str(port)}
+    control_url = None
+    if "HELIOS_CONTROL_PORT" in resolved:  # the pod's second container port, on a free port here too
+        env["HELIOS_CONTROL_PORT"] = str(control_port := free_port())
+        control_url = f"http://127.0.0.1:{control_port}"
     log_path = pod_dir / "worker.log"
     with log_path.open("wb") as output:
         process = subprocess.Popen(
@@ -192,7 +198,8 @@ def start_container(pod: Mapping[str, Any], workdir: Path, config_maps: ConfigMa
         )
     log.info("pod %s: started pid %d on port %d", name, process.pid, port)
     grace = pod["spec"].get("terminationGracePeriodSeconds")
-    return PodProcess(name, process, f"http://127.0.0.1:{port}", log_path, pre_stop=pre_stop_sleep(pod), grace=grace)
+    url = f"http://127.0.0.1:{port}"
+    return PodProcess(name, process, url, log_path, control_url, pre_stop=pre_stop_sleep(pod), grace=grace)
 
 
 def stop_container(container: PodProcess, pre_stop: float, grace: float) -> int | None:
@@ -323,7 +330,10 @@ class PodRunner:
                 return
             self.containers[name] = container
             self.started.append(container.process.pid)
-            self._patch(name, {"metadata": {"annotations": {ENDPOINT_ANNOTATION: container.url}}})
+            annotations = {ENDPOINT_ANNOTATION: container.url}
+            if container.control_url is not None:
+                annotations[CONTROL_ENDPOINT_ANNOTATION] = container.control_url
+            self._patch(name, {"metadata": {"annotations": annotations}})
             self._patch(name, {"status": pod_status(container)}, subresource="/status")
             return
         container.has_exited = container.process.poll() is not None

@@ -27,6 +27,10 @@ OPERATOR_ENV = {
     "HELIOS_OPERATOR_EVALUATION_POLL": "1",
     "HELIOS_OPERATOR_HTTP_TIMEOUT": "5",
     "HELIOS_OPERATOR_ENDPOINT_ANNOTATION": "1",  # the runner's pods are reached through this annotation
+    # As the chart sets it (on by default): a NetworkPolicy per HeliosDeployment naming the operator's pod.
+    "HELIOS_OPERATOR_CONTROL_NETWORK_POLICY": "1",
+    "HELIOS_OPERATOR_NAMESPACE": "helios-system",
+    "HELIOS_OPERATOR_POD_LABELS": '{"app.kubernetes.io/name": "helios", "app.kubernetes.io/component": "operator"}',
 }
 
 

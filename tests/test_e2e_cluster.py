@@ -13,6 +13,7 @@ ready serving pod's endpoint, picked afresh for each request, as a Service would
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import httpx
 import pytest
 
 from e2e.pod_runner import PodRunner, container_env
-from helios_operator.k8s.manifests import ENDPOINT_ANNOTATION
+from helios_operator.k8s.manifests import CONTROL_ENDPOINT_ANNOTATION, ENDPOINT_ANNOTATION
 from helios_operator.k8s.workers import is_ready
 from helios_operator.local.config import packaged_prompts_path
 
@@ -109,6 +110,18 @@ def serving_pods(k8s_api: K8sApi) -> list[dict[str, Any]]:
     return k8s_api.kubectl_json("get", "pods", "-l", selector)["items"]
 
 
+def control_token(k8s_api: K8sApi) -> str:
+    secret = k8s_api.kubectl_json("get", "secret", f"{NAME}-control")
+    return base64.b64decode(secret["data"]["token"]).decode()
+
+
+def layers_loaded(k8s_api: K8sApi, pod: dict[str, Any]) -> int:
+    """What the live worker says through its control API (its own port, with the control token)."""
+    url = pod["metadata"]["annotations"][CONTROL_ENDPOINT_ANNOTATION]
+    headers = {"Authorization": f"Bearer {control_token(k8s_api)}"}
+    return int(httpx.get(f"{url}/v1/helios/state", headers=headers, timeout=10).json()["layers_loaded"])
+
+
 def ready_endpoints(k8s_api: K8sApi) -> list[str]:
     return [
         p["metadata"]["annotations"][ENDPOINT_ANNOTATION]
@@ -153,6 +166,11 @@ def test_evaluate_serve_and_adapt_with_real_workers(
         assert sorted(row["name"] for row in report["candidates"]) == ["ee-tiny", "ee-tiny-b"]
         env = deployment_env(k8s_api)
         assert env["HELIOS_MODEL"] == "helios-ee-tiny" and env["HELIOS_LAYERS"] == str(chosen)
+        # The control port admits only the operator (a NetworkPolicy the emulator stores but cannot enforce).
+        policy = k8s_api.kubectl_json("get", "networkpolicy", f"{NAME}-control")["spec"]
+        operator_pods = policy["ingress"][1]["from"][0]["podSelector"]["matchLabels"]
+        assert operator_pods["app.kubernetes.io/component"] == "operator"
+        assert policy["podSelector"]["matchLabels"].items() <= serving_pods(k8s_api)[0]["metadata"]["labels"].items()
 
         # A real serving pod answers.
         wait_for(lambda: ready_endpoints(k8s_api), "a ready serving pod", timeout=60)
@@ -178,8 +196,11 @@ def test_evaluate_serve_and_adapt_with_real_workers(
             assert env["HELIOS_MODEL_NAME"] == decision["model"] != status["currentModel"]
 
         if decision["kind"] == "add_layers":
-            # The target leaves the template alone (the serving ConfigMap holds it): nothing rolls.
+            # The target leaves the template alone (the serving ConfigMap holds it): nothing rolls,
+            # and the live pod runs the new count, told over its control port.
             assert [p["metadata"]["name"] for p in serving_pods(k8s_api)] == pods_before
+            wanted = decision["layers"]
+            wait_for(lambda: layers_loaded(k8s_api, serving_pods(k8s_api)[0]) == wanted, "the pod to grow", timeout=30)
         else:
             # A switch: a pod of the new template replaces the old one; traffic flows throughout.
             def rolled() -> bool:

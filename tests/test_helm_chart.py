@@ -35,6 +35,7 @@ from helios_worker.metrics import WorkerMetrics
 ROOT = Path(__file__).resolve().parent.parent
 CHART_DIR = ROOT / "charts" / "helios"
 NAMESPACE = "helios-system"
+EXAMPLE = ROOT / "examples" / "cpu-tiny.yaml"
 KUBE_VERSION = "1.33.0"  # a supported API server version with schemas in kubernetes-validate
 LONGEST_RELEASE = "a-very-long-release-name-that-helm-still-accepts-53-c"  # Helm's limit: 53
 
@@ -140,6 +141,8 @@ def test_operator_environment_is_what_operator_config_reads(chart, monkeypatch) 
     for name, value in env.items():
         if isinstance(value, str):
             monkeypatch.setenv(name, value)
+        elif value == {"fieldRef": {"fieldPath": "metadata.namespace"}}:  # the downward API
+            monkeypatch.setenv(name, NAMESPACE)
     config = OperatorConfig.from_env()
     assert config.worker_image == "registry.local/worker:dev"
     assert (config.tick_seconds, config.evaluation_poll_seconds, config.http_timeout_seconds) == (2.5, 7.0, 1.5)
@@ -252,6 +255,50 @@ def test_operator_network_policy_admits_only_the_health_port(chart) -> None:
     assert policy["ingress"] == [{"ports": [{"port": 8080, "protocol": "TCP"}]}]
     assert operator_container(objects)["ports"][0]["containerPort"] == 8080
     assert "NetworkPolicy" not in kinds(render(chart, {"operator": {"networkPolicy": {"enabled": False}}}))
+
+
+def test_worker_control_port_admits_only_the_operator_pod(chart, monkeypatch) -> None:
+    """The chart tells the operator who it is; the policy it then makes per HeliosDeployment selects
+    that deployment's worker pods and admits the operator's own pod, and only it, to the control port."""
+    objects = render(chart)
+    for name, value in env_of(operator_container(objects)).items():
+        if isinstance(value, str):
+            monkeypatch.setenv(name, value)
+        elif value == {"fieldRef": {"fieldPath": "metadata.namespace"}}:
+            monkeypatch.setenv(name, NAMESPACE)
+    peer = OperatorConfig.from_env().control_peer
+    assert peer is not None and peer.namespace == NAMESPACE
+    operator_pod_labels = only(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert peer.pod_labels.items() <= operator_pod_labels.items()
+    metadata = {"name": "d", "namespace": "ml", "uid": "u"}
+    owner = {"apiVersion": "helios.dev/v1alpha1", "kind": "HeliosDeployment", "metadata": metadata}
+    policy = manifests.build_control_network_policy(owner, peer.namespace, peer.pod_labels)
+    kubernetes_validate.validate(policy, "1.33.0", strict=True)
+    spec = HeliosDeployment.model_validate(yaml.safe_load(EXAMPLE.read_text())).spec
+    candidate = spec.candidates[0]
+    worker_pods = [
+        manifests.build_deployment(owner, spec, candidate, 2, "img")["spec"]["template"],
+        manifests.build_evaluation_pod(owner, spec, candidate, 1, ["p"], "img"),
+    ]
+    for pod in worker_pods:
+        assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+        ports = {p["name"]: p["containerPort"] for p in pod["spec"]["containers"][0]["ports"]}
+        open_rule, control_rule = policy["spec"]["ingress"]
+        assert open_rule == {"ports": [{"port": ports["http"], "protocol": "TCP"}]}  # the OpenAI API: anyone
+        assert control_rule["ports"] == [{"port": ports["control"], "protocol": "TCP"}]
+    (peer_rule,) = control_rule["from"]
+    assert peer_rule["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE}
+    assert peer_rule["podSelector"]["matchLabels"].items() <= operator_pod_labels.items()
+    # Switched off: the operator is not told, and makes none.
+    off = render(chart, {"worker": {"controlNetworkPolicy": {"enabled": False}}})
+    assert "HELIOS_OPERATOR_CONTROL_NETWORK_POLICY" not in env_of(operator_container(off))
+
+
+def test_control_network_policy_needs_the_operator_identity(monkeypatch) -> None:
+    monkeypatch.setenv("HELIOS_OPERATOR_CONTROL_NETWORK_POLICY", "1")
+    monkeypatch.delenv("HELIOS_OPERATOR_NAMESPACE", raising=False)
+    with pytest.raises(ValueError, match="lock the operator out"):
+        OperatorConfig.from_env()
 
 
 def test_pod_runs_as_the_images_user(chart) -> None:

@@ -109,7 +109,9 @@ def env_of(k8s_api: K8sApi, kind: str, name: str) -> dict[str, str]:
 
 def play_kubelet(k8s_api: K8sApi, pod: str, worker: FakeWorker) -> None:
     """Mark the pod Running and Ready, reachable at the fake worker's URL."""
-    k8s_api.kubectl("annotate", "pod", pod, f"helios.dev/endpoint={worker.url}", "--overwrite")
+    # A fake worker answers both APIs on one port.
+    annotations = [f"helios.dev/endpoint={worker.url}", f"helios.dev/control-endpoint={worker.url}"]
+    k8s_api.kubectl("annotate", "pod", pod, *annotations, "--overwrite")
     status = {"phase": "Running", "podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
     k8s_api.kubectl("patch", "pod", pod, "--subresource=status", "--type=merge", "-p", json.dumps({"status": status}))
 

@@ -216,12 +216,18 @@ def test_aggregate_handles_restarts_and_mid_switch_pods() -> None:
 
 
 def test_endpoint_uses_pod_ip_unless_the_annotation_is_allowed() -> None:
+    annotations = {
+        manifests.ENDPOINT_ANNOTATION: "http://127.0.0.1:9/",
+        manifests.CONTROL_ENDPOINT_ANNOTATION: "http://h:7",
+    }
     pod = {
-        "metadata": {"annotations": {manifests.ENDPOINT_ANNOTATION: "http://127.0.0.1:9/"}},
+        "metadata": {"annotations": annotations},
         "status": {"phase": "Running", "podIP": "10.0.0.7", "conditions": [{"type": "Ready", "status": "True"}]},
     }
     assert workers.endpoint(pod, 8000, allow_annotation=False) == "http://10.0.0.7:8000"
+    assert workers.endpoint(pod, 8001, allow_annotation=False, control=True) == "http://10.0.0.7:8001"
     assert workers.endpoint(pod, 8000, allow_annotation=True) == "http://127.0.0.1:9"
+    assert workers.endpoint(pod, 8001, allow_annotation=True, control=True) == "http://h:7"
     assert workers.is_ready(pod)
     assert not workers.is_ready({**pod, "metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}})
 

@@ -10,6 +10,7 @@ preStop delay (its endpoint goes first) and a drain of the requests it still has
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import threading
@@ -127,6 +128,14 @@ def test_no_request_fails_during_a_layer_change_and_a_model_switch(
     def serving_pods() -> list[str]:
         return router.ready_endpoints()
 
+    def live_layers() -> set[int]:
+        """What every serving pod's worker says it runs, asked on its control port with the control token."""
+        secret = k8s_api.kubectl_json("get", "secret", manifests.control_secret_name(NAME))
+        headers = {"Authorization": f"Bearer {base64.b64decode(secret['data']['token']).decode()}"}
+        pods = k8s_api.kubectl_json("get", "pods", "-l", f"helios.dev/deployment={NAME},helios.dev/role=serve")
+        urls = [p["metadata"]["annotations"][manifests.CONTROL_ENDPOINT_ANNOTATION] for p in pods["items"]]
+        return {httpx.get(f"{url}/v1/helios/state", headers=headers).json()["layers_loaded"] for url in urls}
+
     def history() -> list[dict[str, Any]]:
         return status().get("decisionHistory", [])
 
@@ -145,7 +154,8 @@ def test_no_request_fails_during_a_layer_change_and_a_model_switch(
             k8s_api.kubectl(
                 "patch", "hd", NAME, "--type=merge", "-p", json.dumps({"spec": {"accuracy": {"minAgreement": 0.999}}})
             )
-            wait_for(lambda: status()["currentLayers"] > chosen, "more layers", 60)
+            grown = wait_for(lambda: (layers := status()["currentLayers"]) > chosen and layers, "more layers", 60)
+            wait_for(lambda: live_layers() == {grown}, "the live pod to run them", 30)
             done = clients.completed
             wait_for(lambda: clients.completed >= done + 2 * CLIENTS, "traffic at the new layer count", 60)
             assert serving_pods() == [first_pod], "a layer change must not roll the pods"

@@ -36,6 +36,7 @@ class Runtime:
     last_telemetry: Telemetry | None = None
     round_prompts: list[str] | None = None  # prompts of a reassessment round (recent traffic)
     control_token: str | None = None  # read once from the HeliosDeployment's control Secret
+    is_stale_policy_checked: bool = False  # without a control NetworkPolicy: looked for one left behind
     applied: dict[str, str] = field(default_factory=dict)  # kind/name -> digest of the manifest last applied
 
 

@@ -151,7 +151,7 @@ async def poll_round(
         and name not in failed
         and name not in kept
         and workers.is_ready(pod)
-        and (url := workers.endpoint(pod, ctx.config.worker_port, ctx.config.allow_endpoint_annotation))
+        and (url := workers.endpoint(pod, ctx.config.control_port, ctx.config.allow_endpoint_annotation, True))
     }
     results = await asyncio.gather(
         *(workers.fetch_evaluation(ctx.http, url) for url in ready.values()), return_exceptions=True

@@ -28,6 +28,7 @@ PATHS: dict[str, tuple[str, str]] = {
     "Secret": ("/api/v1", "secrets"),
     "Deployment": ("/apis/apps/v1", "deployments"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "HeliosStatus": (f"/apis/{API_GROUP}/v1alpha1", "heliosstatuses"),
     "HeliosDeployment": (f"/apis/{API_GROUP}/v1alpha1", "heliosdeployments"),
 }

@@ -19,6 +19,7 @@ from helios_contracts.memory_model import MAX_NUM_SEQS
 from helios_contracts.model_uris import PVC_ROOT, split_pvc
 from helios_contracts.reports import EvaluationReport
 from helios_operator.heliosstatus import HELIOS_STATUS_KIND, HeliosStatusReport
+from helios_operator.k8s.config import CONTROL_PORT, WORKER_PORT
 from helios_operator.k8s.overlay import overlay_pod
 from helios_operator.podtemplate import (
     EXITS_CLAIM_VOLUME,
@@ -50,6 +51,7 @@ ROLE_EVALUATE = "evaluate"
 ROLE_SHADOW = "shadow"
 ROLE_CALIBRATE = "calibrate"
 ENDPOINT_ANNOTATION = "helios.dev/endpoint"
+CONTROL_ENDPOINT_ANNOTATION = "helios.dev/control-endpoint"
 GPU_RESOURCE = "nvidia.com/gpu"
 REPORTS_KEY = "reports.json"
 # Loading weights (or downloading them) can take long; the startup probe allows 30 minutes.
@@ -144,7 +146,8 @@ def worker_env(
         "HELIOS_MODEL": candidate.model,
         "HELIOS_MODEL_NAME": candidate.name,
         "HELIOS_EXIT_THRESHOLD": str(spec.exit.threshold),
-        "HELIOS_PORT": "8000",
+        "HELIOS_PORT": str(WORKER_PORT),
+        "HELIOS_CONTROL_PORT": str(CONTROL_PORT),
         "HF_HOME": f"{MODEL_MOUNT}/hf",
         **({"HELIOS_MODEL_REVISION": candidate.revision} if candidate.revision else {}),
         **({"HELIOS_MIN_EXIT_LAYER": str(spec.exit.min_exit_layer)} if spec.exit.min_exit_layer else {}),
@@ -249,7 +252,10 @@ def worker_pod_spec(
         "name": WORKER_CONTAINER,
         "image": spec.worker.image or image,
         "command": ["helios-worker", "serve"],
-        "ports": [{"name": "http", "containerPort": 8000, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": WORKER_PORT, "protocol": "TCP"},
+            {"name": "control", "containerPort": CONTROL_PORT, "protocol": "TCP"},
+        ],
         "env": env,
         "resources": (resources := _resources(spec, role)),
         "startupProbe": _probe("/health", STARTUP_PERIOD_SECONDS, STARTUP_FAILURE_THRESHOLD),
@@ -293,6 +299,35 @@ def with_drain(spec: HeliosDeploymentSpec, pod: Manifest) -> Manifest:
     pod["containers"][0]["lifecycle"] = {"preStop": {"exec": {"command": ["sleep", f"{delay:g}"]}}}
     pod["terminationGracePeriodSeconds"] = math.ceil(delay + spec.worker.drain_timeout) + DRAIN_MARGIN_SECONDS
     return pod
+
+
+def control_policy_name(deployment: str) -> str:
+    return f"{deployment}-control"
+
+
+def build_control_network_policy(
+    owner: Mapping[str, Any], peer_namespace: str, peer_labels: Mapping[str, str]
+) -> Manifest:
+    """Ingress to every worker pod of ``owner`` (serving, evaluation, shadow): the OpenAI port from
+    anywhere, the control port only from the operator's pods (``peer_labels`` in ``peer_namespace``)."""
+    name = owner["metadata"]["name"]
+    operator_pods = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": peer_namespace}},
+        "podSelector": {"matchLabels": dict(peer_labels)},
+    }
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(control_policy_name(name), owner, base_labels(name)),
+        "spec": {
+            "podSelector": {"matchLabels": base_labels(name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"port": WORKER_PORT, "protocol": "TCP"}]},
+                {"from": [operator_pods], "ports": [{"port": CONTROL_PORT, "protocol": "TCP"}]},
+            ],
+        },
+    }
 
 
 def build_pdb(owner: Mapping[str, Any]) -> Manifest:
@@ -664,7 +699,8 @@ def build_service(owner: Mapping[str, Any]) -> Manifest:
         "metadata": _metadata(name, owner, base_labels(name)),
         "spec": {
             "selector": serving_selector(name),
-            "ports": [{"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}],
+            # The OpenAI API only: the control port is reached pod by pod, by the operator.
+            "ports": [{"name": "http", "port": WORKER_PORT, "targetPort": "http", "protocol": "TCP"}],
         },
     }
 

@@ -41,6 +41,12 @@ PERMISSIONS: tuple[Permission, ...] = (
         "apps", "deployments", ("get", "list", "watch", "create", "patch", "delete"), "serving and shadow; repaired"
     ),
     Permission("policy", "poddisruptionbudgets", ("get", "create", "patch", "delete"), "serving PDB (replicas > 1)"),
+    Permission(
+        "networking.k8s.io",
+        "networkpolicies",
+        ("get", "create", "patch", "delete"),
+        "workers' control port: operator only",
+    ),
     Permission("", "events", ("create",), "a Kubernetes Event per decision (kopf.info/warn)"),
 )
 

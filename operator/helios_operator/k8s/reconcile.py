@@ -87,6 +87,7 @@ async def reconcile(ctx: Context) -> float | None:
     """Run one pass; the number of seconds to wait before the next one when waiting on evaluation."""
     runtime, status = ctx.runtime, ctx.status
     ctx.http = workers.ControlClient(ctx.http, await control_token(ctx))
+    await control_network_policy(ctx)
     if runtime.state is None and status.get("phase") in SERVING_PHASES:
         await restore(ctx)
     if runtime.state is not None and runtime.state.model not in {c.name for c in ctx.spec.candidates}:
@@ -116,6 +117,16 @@ async def control_token(ctx: Context) -> str:
         encoded = (secret.get("data") or {}).get(manifests.CONTROL_TOKEN_KEY, "")
         ctx.runtime.control_token = base64.b64decode(encoded).decode()
     return ctx.runtime.control_token
+
+
+async def control_network_policy(ctx: Context) -> None:
+    """The NetworkPolicy that keeps everyone but the operator off the workers' control port, when configured."""
+    peer = ctx.config.control_peer
+    if peer is not None:
+        await ctx.apply(manifests.build_control_network_policy(ctx.body, peer.namespace, peer.pod_labels))
+    elif not ctx.runtime.is_stale_policy_checked:  # turned off: remove one an earlier configuration made, once
+        await _apply_if(ctx, False, manifests.build_control_network_policy(ctx.body, "", {}))
+        ctx.runtime.is_stale_policy_checked = True
 
 
 async def restore(ctx: Context) -> None:
@@ -196,8 +207,7 @@ async def act_on_spec_changes(ctx: Context) -> None:
     if (decision.model, decision.layers) == (state.model, state.layers):
         note_decision(ctx, decision)
         return
-    pods = await ctx.list("Pod", manifests.serving_selector(ctx.name))
-    await change(ctx, decision, ready_endpoints(ctx, pods))
+    await change(ctx, decision)
 
 
 async def serve(ctx: Context) -> None:
@@ -236,11 +246,12 @@ async def shadow_check(ctx: Context, pods: list[dict]) -> None:
     """Move sampled requests from each serving worker of the current model to the scorer and back."""
     state = current_state(ctx)
     scorers = await ctx.list("Pod", manifests.shadow_selector(ctx.name))
-    scorer_url = next(iter(ready_endpoints(ctx, [p for p in scorers if _candidate(p) == state.model]).values()), None)
+    scorer = [p for p in scorers if _candidate(p) == state.model]
+    scorer_url = next(iter(ready_endpoints(ctx, scorer, control=True).values()), None)
     if scorer_url is None:
         condition(ctx, SHADOW_CHECKED, "False", "ScorerNotReady", f"no ready shadow scorer of {state.model} yet")
         return
-    serving = ready_endpoints(ctx, [p for p in pods if _candidate(p) == state.model])
+    serving = ready_endpoints(ctx, [p for p in pods if _candidate(p) == state.model], control=True)
     results = await asyncio.gather(
         *(shadow_round(ctx.http, url, scorer_url) for url in serving.values()), return_exceptions=True
     )
@@ -260,10 +271,12 @@ def _candidate(pod: dict) -> str | None:
     return (pod["metadata"].get("labels") or {}).get(manifests.LABEL_CANDIDATE)
 
 
-def ready_endpoints(ctx: Context, pods: list[dict]) -> dict[str, str]:
+def ready_endpoints(ctx: Context, pods: list[dict], control: bool = False) -> dict[str, str]:
+    """Ready pod -> base URL of its OpenAI API and metrics, or with ``control`` of its control API."""
     found = {}
+    port = ctx.config.control_port if control else ctx.config.worker_port
     for pod in pods:
-        url = workers.endpoint(pod, ctx.config.worker_port, ctx.config.allow_endpoint_annotation)
+        url = workers.endpoint(pod, port, ctx.config.allow_endpoint_annotation, control)
         if workers.is_ready(pod) and url:
             found[pod["metadata"]["name"]] = url
     return found
@@ -295,7 +308,7 @@ async def monitor(ctx: Context, pods: list[dict]) -> None:
         message = f"{len(samples)} of {len(endpoints)} ready workers scraped" + (f"; {failures}" if failures else "")
         condition(ctx, TELEMETRY_FRESH, "True", "Scraped", message)
     decision = adapt(runtime.state, telemetry, spec, ctx.now)  # type: ignore[arg-type]
-    await act(ctx, decision, telemetry, is_fresh, endpoints, failures)
+    await act(ctx, decision, telemetry, is_fresh, ready_endpoints(ctx, pods, control=True), failures)
 
 
 async def act(
@@ -303,7 +316,7 @@ async def act(
     decision: Decision | None,
     telemetry: Telemetry | None,
     is_fresh: bool,
-    endpoints: dict[str, str],
+    control_endpoints: dict[str, str],
     failures: list[str],
 ) -> None:
     status, runtime = ctx.status, ctx.runtime
@@ -329,13 +342,13 @@ async def act(
             runtime.round_prompts = None
             if ctx.spec.evaluation.prompts.kind == "recentTraffic":  # only then do workers keep prompts
                 limit = ctx.spec.evaluation.prompts_per_candidate
-                runtime.round_prompts = await workers.recent_prompts(ctx.http, endpoints, limit)
+                runtime.round_prompts = await workers.recent_prompts(ctx.http, control_endpoints, limit)
         status["phase"] = "Serving"
         return
-    await change(ctx, decision, endpoints)
+    await change(ctx, decision)
 
 
-async def change(ctx: Context, decision: Decision, endpoints: dict[str, str]) -> None:
+async def change(ctx: Context, decision: Decision) -> None:
     """Carry out a change: layers in place in every live pod (and in the serving ConfigMap, so new pods
     agree; the template does not change, so nothing rolls), or a switch (a new template: a rollout)."""
     runtime = ctx.runtime
@@ -346,8 +359,7 @@ async def change(ctx: Context, decision: Decision, endpoints: dict[str, str]) ->
     await serve(ctx)  # the ConfigMap first: a pod starting from now on reads the new count
     if is_layer_change:
         pods = await ctx.list("Pod", manifests.serving_selector(ctx.name))
-        same_model = set(ready_endpoints(ctx, [p for p in pods if _candidate(p) == decision.model]))
-        targets = {pod: url for pod, url in endpoints.items() if pod in same_model}
+        targets = ready_endpoints(ctx, [p for p in pods if _candidate(p) == decision.model], control=True)
         failed = await workers.post_layers_all(ctx.http, targets, decision.layers)
         if failed:
             ctx.event("Warning", "LayerChangeFailed", f"in-place change to {decision.layers} layers failed: {failed}")
@@ -389,7 +401,7 @@ async def continue_reassessment(ctx: Context, pods: list[dict]) -> None:
     # Requests served while the round ran are not a reason for the next one: count from its end.
     runtime.state = replace(with_reports(state, reports), num_requests_since_assessment=0, last_assessment_at=ctx.now)
     if decision.kind in CHANGES:
-        await change(ctx, decision, ready_endpoints(ctx, pods))
+        await change(ctx, decision)
     else:
         note_decision(ctx, decision)
 

@@ -19,7 +19,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from helios_contracts.reports import EvaluationReport
-from helios_operator.k8s.manifests import ENDPOINT_ANNOTATION
+from helios_operator.k8s.manifests import CONTROL_ENDPOINT_ANNOTATION, ENDPOINT_ANNOTATION
 
 
 class WorkerError(RuntimeError):
@@ -77,11 +77,13 @@ class ControlClient:
         return await self.client.request(method, url, headers=self.headers, **kwargs)
 
 
-def endpoint(pod: Mapping[str, Any], port: int, allow_annotation: bool) -> str | None:
-    """The pod's base URL: its IP and the worker port, or the endpoint annotation where allowed."""
+def endpoint(pod: Mapping[str, Any], port: int, allow_annotation: bool, control: bool = False) -> str | None:
+    """The pod's base URL for its OpenAI API (or with ``control``, its control API): the pod IP and
+    the port, or the endpoint annotation where allowed."""
     annotations = pod.get("metadata", {}).get("annotations") or {}
-    if allow_annotation and annotations.get(ENDPOINT_ANNOTATION):
-        return str(annotations[ENDPOINT_ANNOTATION]).rstrip("/")
+    key = CONTROL_ENDPOINT_ANNOTATION if control else ENDPOINT_ANNOTATION
+    if allow_annotation and annotations.get(key):
+        return str(annotations[key]).rstrip("/")
     ip = (pod.get("status") or {}).get("podIP")
     return f"http://{ip}:{port}" if ip else None
 
