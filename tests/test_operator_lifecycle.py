@@ -374,6 +374,32 @@ def test_every_candidate_failing_is_a_condition_naming_each_cause(
 
 
 @pytest.mark.timeout(60)
+def test_pod_changes_and_spec_edits_are_acted_on_between_ticks(
+    k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A minute between passes: whatever happens within seconds was woken by a watch.
+    monkeypatch.setenv("HELIOS_OPERATOR_TICK", "60")
+    monkeypatch.setenv("HELIOS_OPERATOR_EVALUATION_POLL", "60")
+    with operator(HANDLERS, namespace="default") as runner:
+        k8s_api.apply(yaml.safe_dump(heliosdeployment()))
+        wait_for_eval_pods(k8s_api)
+        time.sleep(2.0)  # the passes the pods' creation woke are over
+        mark_pod_status(k8s_api, f"{NAME}-eval-1-alpha", EVICTED)  # a pod event
+        failed = wait_for(lambda: hd_status(k8s_api)["failedCandidates"], "the evicted candidate", timeout=5)
+        assert [f["name"] for f in failed] == ["alpha"]
+        old_uid = k8s_api.kubectl_json("get", "pod", f"{NAME}-eval-1-beta")["metadata"]["uid"]
+        patch = {"spec": {"worker": {"image": "example.com/helios-worker:fixed"}}}
+        k8s_api.kubectl("patch", "hd", NAME, "--type=merge", "-p", json.dumps(patch))  # a spec edit
+
+        def replaced() -> bool:
+            pod = k8s_api.kubectl_json("get", "pod", f"{NAME}-eval-1-beta")
+            return pod["metadata"]["uid"] != old_uid and pod["spec"]["containers"][0]["image"].endswith(":fixed")
+
+        wait_for(replaced, "the evaluation pod to be replaced with the new image", timeout=8)
+    assert runner.exception is None
+
+
+@pytest.mark.timeout(60)
 def test_an_evaluation_pod_is_replaced_when_its_spec_changes(
     k8s_api: K8sApi, operator: OperatorFactory, fakes: FakeWorkers
 ) -> None:

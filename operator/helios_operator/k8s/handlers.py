@@ -2,9 +2,11 @@
 
 ``validate`` (create/update/resume) writes the SpecValid condition and rejects a spec that can
 never work with ``kopf.PermanentError``; the ``reconcile`` timer runs one level-triggered pass
-(``k8s.reconcile``) per tick and turns its status and events into a patch and Kubernetes Events;
-``child_changed`` watches the serving Deployment and Service and repairs a deleted or edited one
-within seconds, from the manifest the last pass applied (``k8s.children``).
+(``k8s.reconcile``) when one is due (``k8s.wakeups``: every tick, or at once after a spec edit or
+a change to one of the deployment's worker pods, which ``pod_changed`` watches) and turns its
+status and events into a patch and Kubernetes Events; ``child_changed`` watches the serving
+Deployment and Service and repairs a deleted or edited one within seconds, from the manifest the
+last pass applied (``k8s.children``).
 Run with `helios operator`, or `kopf run` on this file.
 """
 
@@ -26,9 +28,10 @@ from helios_operator.k8s.config import OperatorConfig
 from helios_operator.k8s.context import Context, Runtime
 from helios_operator.k8s.drift import drifted_paths, owned_content
 from helios_operator.k8s.kube import Kube
-from helios_operator.k8s.manifests import LABEL_MANAGED_BY, MANAGED_BY
+from helios_operator.k8s.manifests import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, MANAGED_BY
 from helios_operator.k8s.reconcile import reconcile
 from helios_operator.k8s.report import status_changes
+from helios_operator.k8s.wakeups import CHECK_SECONDS, wakeups
 from helios_operator.spec import API_GROUP, HeliosDeploymentSpec, describe_validation_error
 
 VERSION, PLURAL = "v1alpha1", "heliosdeployments"
@@ -63,6 +66,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.create(API_GROUP, VERSION, PLURAL)
 @kopf.on.update(API_GROUP, VERSION, PLURAL, field="spec")
 def validate(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+    wakeups().wake(meta["namespace"], meta["name"])  # a spec edit is acted on at once, not at the next tick
     now = datetime.now(UTC)
     conditions = list(status.get("conditions", []))
     generation = meta.get("generation")
@@ -84,8 +88,13 @@ def validate(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, patch: kopf.
         patch.status["phase"] = "Pending"
 
 
-@kopf.timer(API_GROUP, VERSION, PLURAL, interval=CONFIG.tick_seconds)
-async def reconcile_timer(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
+@kopf.timer(API_GROUP, VERSION, PLURAL, interval=min(CHECK_SECONDS, CONFIG.tick_seconds))
+async def reconcile_timer(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, patch: kopf.Patch, **_: Any) -> None:
+    namespace, name = meta["namespace"], meta["name"]
+    clock = asyncio.get_running_loop().time()
+    if not wakeups().is_due(namespace, name, clock):
+        return  # nothing changed since the last pass and no tick is due: no API calls
+    wakeups().schedule(namespace, name, clock + memo.config.tick_seconds)
     try:
         spec = memo.config.apply_defaults(HeliosDeploymentSpec.model_validate(dict(body.get("spec") or {})))
     except ValidationError:
@@ -103,8 +112,17 @@ async def reconcile_timer(body: kopf.Body, memo: kopf.Memo, patch: kopf.Patch, *
             patch.status[key] = value
         for kind, reason, message in ctx.events:
             (kopf.info if kind == "Normal" else kopf.warn)(body, reason=reason, message=message)
-    if retry_after is not None:
-        raise kopf.TemporaryError("waiting for evaluation reports", delay=retry_after)
+    if retry_after is not None:  # waiting on evaluation pods: look again sooner than a tick
+        wakeups().schedule(namespace, name, clock + retry_after)
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_MANAGED_BY: MANAGED_BY})
+def pod_changed(body: kopf.Body, **_: Any) -> None:
+    """A worker pod started, became (un)ready, failed or went: its HeliosDeployment's next pass is now."""
+    meta = body["metadata"]
+    deployment = (meta.get("labels") or {}).get(LABEL_DEPLOYMENT)
+    if deployment:
+        wakeups().wake(meta["namespace"], deployment)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY})

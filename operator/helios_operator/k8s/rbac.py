@@ -33,7 +33,9 @@ PERMISSIONS: tuple[Permission, ...] = (
     # (the OwnerReferencesPermissionEnforcement admission plugin) only allow with this.
     Permission(API_GROUP, "heliosdeployments/finalizers", ("update",), "blockOwnerDeletion on children"),
     Permission(API_GROUP, "heliosstatuses", ("get", "create", "patch"), "the HeliosStatus report"),
-    Permission("", "pods", ("get", "list", "create", "delete"), "evaluation pods; find and scrape workers"),
+    Permission(
+        "", "pods", ("get", "list", "watch", "create", "delete"), "evaluation pods; find, scrape and watch workers"
+    ),
     Permission("", "services", ("get", "list", "watch", "create", "patch"), "the serving Service; repaired on change"),
     Permission("", "secrets", ("get", "create"), "the control token of each HeliosDeployment's workers"),
     Permission("", "configmaps", ("get", "create", "patch"), "evaluation reports; prompts from a ConfigMap"),
