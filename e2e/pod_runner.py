@@ -13,6 +13,15 @@ makes HELIOS's children real:
   127.0.0.1 and a Ready condition that follows the worker's ``/ready``. A deleted pod's
   process gets SIGTERM (after a short pre-stop delay, so routers stop sending it requests)
   and SIGKILL by PID when it does not drain in time; ``stop`` ends every process.
+* Job controller: every Job owned by a HeliosDeployment (calibration Jobs) gets one pod of its
+  template, owned by the Job; its command runs to completion as a process with the container's
+  env, and its exit sets the pod Succeeded or Failed (the log tail as termination message, as
+  ``FallbackToLogsOnError`` does) and the Job's ``succeeded``/``failed`` count with a
+  Complete/Failed condition; ``activeDeadlineSeconds`` fails it with DeadlineExceeded.
+* Volumes: a path under a volume mount is moved into the pod's own directory, except under a
+  PersistentVolumeClaim's mount, which maps to one directory per claim that every pod mounting
+  the claim shares (so a Job's output is what later pods read); a ConfigMap volume is written out
+  as files. Paths are mapped in env values (JSON values too) and in a Job's command.
 
 Run ``python -m e2e.pod_runner --kubeconfig PATH`` beside an operator, or use ``PodRunner``
 from a test (``start``/``stop``).
@@ -22,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import calendar
 import contextlib
 import hashlib
 import json
@@ -138,6 +148,84 @@ def rollout_step(deployment: Mapping[str, Any], pods: list[Body]) -> tuple[bool,
     return is_create, None
 
 
+JOB_NAME_LABEL = "job-name"
+CONTROLLER_UID_LABEL = "controller-uid"
+TERMINATION_LOG_CHARS = 2048  # kubelet's FallbackToLogsOnError keeps at most 2048 bytes or 80 lines
+
+
+def build_job_pod(job: Mapping[str, Any]) -> Body:
+    """The pod of a Job's template, owned by the Job and labelled as the Job controller labels it."""
+    meta = job["metadata"]
+    template = job["spec"]["template"]
+    owner = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    labels = {
+        **(template.get("metadata", {}).get("labels") or {}),
+        JOB_NAME_LABEL: meta["name"],
+        CONTROLLER_UID_LABEL: meta["uid"],
+    }
+    metadata = {
+        "name": f"{meta['name']}-{secrets.token_hex(3)}",
+        "namespace": meta["namespace"],
+        "labels": labels,
+        "annotations": dict(template.get("metadata", {}).get("annotations") or {}),
+        "ownerReferences": [owner],
+    }
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}
+
+
+def _job_condition(type_: str, reason: str, message: str) -> Body:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {
+        "type": type_,
+        "status": "True",
+        "reason": reason,
+        "message": message,
+        "lastProbeTime": now,
+        "lastTransitionTime": now,
+    }
+
+
+def job_status(job: Mapping[str, Any], pods: list[Body], now: float) -> Body | None:
+    """The Job controller's status for ``job`` given its pods, or None when it has nothing to change.
+
+    One pod, no retries (HELIOS's Jobs have backoffLimit 0): the pod's end is the Job's end.
+    """
+    status = job.get("status") or {}
+    if any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in status.get("conditions") or []
+    ):
+        return None
+    phases = [(p.get("status") or {}).get("phase") for p in pods]
+    if "Succeeded" in phases:
+        condition = _job_condition("Complete", "Completed", "")
+        return {
+            "succeeded": 1,
+            "active": 0,
+            "conditions": [condition],
+            "completionTime": condition["lastTransitionTime"],
+        }
+    if "Failed" in phases:
+        message = "Job has reached the specified backoff limit"
+        return {"failed": 1, "active": 0, "conditions": [_job_condition("Failed", "BackoffLimitExceeded", message)]}
+    deadline = job["spec"].get("activeDeadlineSeconds")
+    started = status.get("startTime")
+    if deadline is not None and started is not None:
+        began = calendar.timegm(time.strptime(started, "%Y-%m-%dT%H:%M:%SZ"))
+        if now - began > float(deadline):
+            message = "Job was active longer than specified deadline"
+            return {"active": 0, "conditions": [_job_condition("Failed", "DeadlineExceeded", message)]}
+    if started is None:
+        return {"active": len(pods), "startTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
+    return None
+
+
 class MissingReference(ValueError):
     """An env var refers to a ConfigMap key that does not exist (kubelet: CreateContainerConfigError)."""
 
@@ -146,11 +234,57 @@ class MissingReference(ValueError):
 ConfigMapData = Callable[[str], Mapping[str, str] | None]
 
 
-def container_env(pod: Mapping[str, Any], workdir: Path, config_maps: ConfigMapData = lambda _: None) -> dict[str, str]:
+CLAIMS_DIR = "_claims"  # beside the pods' directories; "_" is in no pod name
+
+
+def mount_dirs(pod: Mapping[str, Any], workdir: Path, claims: Path | None = None) -> dict[str, Path]:
+    """mountPath -> the directory that stands for it: inside ``workdir`` (the pod's own), or for a
+    PersistentVolumeClaim ``claims/<claimName>`` (default: ``workdir.parent/_claims``), shared by every
+    pod that mounts the claim."""
+    claims = claims if claims is not None else workdir.parent / CLAIMS_DIR
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    dirs = {}
+    for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
+        claim = (volumes.get(mount["name"]) or {}).get("persistentVolumeClaim")
+        if claim is not None:
+            dirs[mount["mountPath"]] = claims / claim["claimName"] / mount.get("subPath", "")
+        else:
+            dirs[mount["mountPath"]] = workdir / mount["mountPath"].lstrip("/")
+    return dirs
+
+
+def map_path(value: str, dirs: Mapping[str, Path]) -> str:
+    """``value`` with a leading mount path replaced by its directory (the longest mount that matches);
+    in a JSON list or object, every string in it."""
+    if value[:1] in "[{":
+        try:
+            document = json.loads(value)
+        except ValueError:
+            return value
+        return json.dumps(_map_json(document, dirs))
+    for mount in sorted(dirs, key=len, reverse=True):
+        if value == mount or value.startswith(mount.rstrip("/") + "/"):
+            return str(dirs[mount] / value[len(mount) :].lstrip("/"))
+    return value
+
+
+def _map_json(document: Any, dirs: Mapping[str, Path]) -> Any:
+    if isinstance(document, str):
+        return map_path(document, dirs) if document.startswith("/") else document
+    if isinstance(document, list):
+        return [_map_json(item, dirs) for item in document]
+    if isinstance(document, dict):
+        return {key: _map_json(item, dirs) for key, item in document.items()}
+    return document
+
+
+def container_env(
+    pod: Mapping[str, Any], workdir: Path, config_maps: ConfigMapData = lambda _: None, claims: Path | None = None
+) -> dict[str, str]:
     """The container's env as kubelet resolves it at start: ConfigMap and Secret key references read through
-    ``config_maps``, paths under its volume mounts moved into ``workdir`` (kubelet's mounts)."""
+    ``config_maps``, paths under its volume mounts moved to the directories that stand for them (``mount_dirs``)."""
     container = pod["spec"]["containers"][0]
-    mounts = [m["mountPath"] for m in container.get("volumeMounts") or []]
+    dirs = mount_dirs(pod, workdir, claims)
     env = {}
     for var in container.get("env") or []:
         value = str(var.get("value", ""))
@@ -163,10 +297,7 @@ def container_env(pod: Mapping[str, Any], workdir: Path, config_maps: ConfigMapD
             value = data[ref["key"]]
         elif source:
             continue  # fieldRef and the rest: not used by the workers this runner starts
-        for mount in mounts:
-            if value == mount or value.startswith(mount + "/"):
-                value = str(workdir / value.lstrip("/"))
-        env[var["name"]] = value
+        env[var["name"]] = map_path(value, dirs)
     return env
 
 
@@ -200,6 +331,62 @@ def start_container(pod: Mapping[str, Any], workdir: Path, config_maps: ConfigMa
     grace = pod["spec"].get("terminationGracePeriodSeconds")
     url = f"http://127.0.0.1:{port}"
     return PodProcess(name, process, url, log_path, control_url, pre_stop=pre_stop_sleep(pod), grace=grace)
+
+
+def write_config_map_volumes(pod: Mapping[str, Any], dirs: Mapping[str, Path], config_maps: ConfigMapData) -> None:
+    """kubelet's ConfigMap volumes: each key a file in the mount's directory (an ``optional`` one that is
+    missing: an empty directory)."""
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+    for mount in pod["spec"]["containers"][0].get("volumeMounts") or []:
+        source = (volumes.get(mount["name"]) or {}).get("configMap")
+        if source is None:
+            continue
+        data = config_maps(f"ConfigMap/{source['name']}")
+        if data is None and not source.get("optional"):
+            raise MissingReference(f"ConfigMap {source['name']} not found (volume {mount['name']})")
+        directory = dirs[mount["mountPath"]]
+        directory.mkdir(parents=True, exist_ok=True)
+        for key, value in (data or {}).items():
+            (directory / key).write_text(value, encoding="utf-8")
+
+
+def start_job_container(
+    pod: Mapping[str, Any], workdir: Path, config_maps: ConfigMapData, claims: Path | None = None
+) -> PodProcess:
+    """kubelet starting a Job pod's container: its command (paths mapped like env values), run to completion."""
+    name = pod["metadata"]["name"]
+    pod_dir = workdir / name
+    pod_dir.mkdir(parents=True, exist_ok=True)
+    dirs = mount_dirs(pod, pod_dir, claims)
+    for directory in dirs.values():
+        directory.mkdir(parents=True, exist_ok=True)
+    write_config_map_volumes(pod, dirs, config_maps)
+    base = {key: value for key, value in os.environ.items() if not key.startswith("HELIOS_")}
+    env = {**base, **container_env(pod, pod_dir, config_maps, claims)}
+    command = [map_path(arg, dirs) if arg.startswith("/") else arg for arg in serve_command(pod)]
+    log_path = pod_dir / "container.log"
+    with log_path.open("wb") as output:
+        process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    log.info("job pod %s: started pid %d: %s", name, process.pid, " ".join(command[2:]))
+    return PodProcess(name, process, "", log_path)
+
+
+def job_pod_status(container: PodProcess, container_name: str) -> Body:
+    """Running, then Succeeded or Failed by exit status, with the log's tail as termination message."""
+    code = container.process.poll()
+    if code is None:
+        return {"phase": "Running", "podIP": "127.0.0.1"}
+    tail = container.log_path.read_text(encoding="utf-8", errors="replace")[-TERMINATION_LOG_CHARS:]
+    terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error"}
+    if code != 0:
+        terminated["message"] = tail
+    ready = {"type": "Ready", "status": "False", "reason": "PodCompleted"}
+    return {
+        "phase": "Succeeded" if code == 0 else "Failed",
+        "podIP": "127.0.0.1",
+        "conditions": [ready],
+        "containerStatuses": [{"name": container_name, "ready": False, "state": {"terminated": terminated}}],
+    }
 
 
 def stop_container(container: PodProcess, pre_stop: float, grace: float) -> int | None:
@@ -284,11 +471,17 @@ class PodRunner:
         for deployment in self._list("/apis/apps/v1", "deployments"):
             if "HeliosDeployment" in owner_kinds(deployment):
                 self.sync_deployment(deployment)
+        for job in self._list("/apis/batch/v1", "jobs"):
+            if "HeliosDeployment" in owner_kinds(job):
+                self.sync_job(job)
         pods = {p["metadata"]["name"]: p for p in self._list("/api/v1", "pods") if self._is_runnable(p)}
         for name in set(self.containers) - set(pods):
             self.kill(name)
         for pod in pods.values():
-            self.sync_pod(pod)
+            if "Job" in owner_kinds(pod):
+                self.sync_job_pod(pod)
+            else:
+                self.sync_pod(pod)
 
     def _list(self, prefix: str, plural: str, labels: Mapping[str, str] = MANAGED_BY) -> list[Body]:
         selector = ",".join(f"{key}={value}" for key, value in labels.items())
@@ -298,7 +491,7 @@ class PodRunner:
     @staticmethod
     def _is_runnable(pod: Mapping[str, Any]) -> bool:
         return not pod["metadata"].get("deletionTimestamp") and bool(
-            owner_kinds(pod) & {"HeliosDeployment", "Deployment"}
+            owner_kinds(pod) & {"HeliosDeployment", "Deployment", "Job"}
         )
 
     def sync_deployment(self, deployment: Body) -> None:
@@ -346,6 +539,39 @@ class PodRunner:
         )
         wanted = pod_status(container)
         if ((pod.get("status") or {}).get("phase"), is_ready(pod)) != (wanted["phase"], container.is_ready):
+            self._patch(name, {"status": wanted}, subresource="/status")
+
+    def sync_job(self, job: Body) -> None:
+        """The Job controller's step for one Job: its pod once, then its status from the pod's."""
+        pods = [p for p in self._list("/api/v1", "pods", {JOB_NAME_LABEL: job["metadata"]["name"]}) if owned_by(p, job)]
+        status = job_status(job, pods, time.time())
+        if not pods and not (job.get("status") or {}).get("conditions"):
+            pod = build_job_pod(job)
+            self.kube.apply(pod)
+            log.info("job %s: created pod %s", job["metadata"]["name"], pod["metadata"]["name"])
+        if status is not None:
+            if any(c["reason"] == "DeadlineExceeded" for c in status.get("conditions", [])):
+                for pod in pods:  # the controller ends the pods of a Job past its deadline
+                    self.kube.delete("Pod", self.namespace, pod["metadata"]["name"])
+            path = f"/apis/batch/v1/namespaces/{self.namespace}/jobs/{job['metadata']['name']}/status"
+            self.kube.request("PATCH", path, body={"status": status}, content_type=MERGE_PATCH)
+
+    def sync_job_pod(self, pod: Body) -> None:
+        """kubelet's step for a Job's pod: run its command once; report Running, then how it ended."""
+        name = pod["metadata"]["name"]
+        container = self.containers.get(name)
+        if container is None:
+            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                return  # ended before this runner started: kubelet does not run it again
+            try:
+                container = start_job_container(pod, self.workdir, self._config_map_data, self.workdir / CLAIMS_DIR)
+            except MissingReference as error:
+                log.info("pod %s: %s", name, error)
+                return
+            self.containers[name] = container
+            self.started.append(container.process.pid)
+        wanted = job_pod_status(container, pod["spec"]["containers"][0]["name"])
+        if (pod.get("status") or {}).get("phase") != wanted["phase"]:
             self._patch(name, {"status": wanted}, subresource="/status")
 
     def _config_map_data(self, key: str) -> Mapping[str, str] | None:

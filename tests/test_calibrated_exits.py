@@ -239,3 +239,146 @@ def test_the_calibration_claim_and_job() -> None:
     assert command[command.index("--texts") + 1] == "/models/texts/en"
     assert command[command.index("--exit-layers") + 1] == "2,4"
     assert not any("configMap" in v for v in pod_spec(on_volume)["volumes"])
+
+
+# --- the calibration Job's life (k8s/calibration.py, against an in-memory API) ---------------------
+
+
+class MemoryKube:
+    """The few Kube calls calibration.ensure makes, on a dict; ``calls`` records the writes."""
+
+    def __init__(self, *objects: dict[str, Any]) -> None:
+        self.objects = {(o["kind"], o["metadata"]["name"]): o for o in objects}
+        self.calls: list[tuple[str, str, str]] = []
+
+    def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get((kind, name))
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append(("create", manifest["kind"], manifest["metadata"]["name"]))
+        self.objects[(manifest["kind"], manifest["metadata"]["name"])] = manifest
+        return manifest
+
+    def delete(self, kind: str, namespace: str, name: str, propagation: str | None = None) -> None:
+        self.calls.append(("delete", kind, f"{name} ({propagation})"))
+        self.objects.pop((kind, name), None)
+
+    def list(self, kind: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        return [
+            o
+            for (k, _), o in self.objects.items()
+            if k == kind and labels.items() <= (o["metadata"].get("labels") or {}).items()
+        ]
+
+
+def calibration_context(kube: MemoryKube, spec: HeliosDeploymentSpec, status: dict[str, Any]) -> Any:
+    from datetime import UTC, datetime
+
+    from helios_operator.k8s.config import OperatorConfig
+    from helios_operator.k8s.context import Context, Runtime
+
+    return Context(OWNER, spec, status, Runtime(), kube, None, OperatorConfig(), datetime.now(UTC))  # type: ignore[arg-type]
+
+
+def finish(kube: MemoryKube, name: str, condition: str, message: str = "") -> None:
+    """The Job controller's verdict on Job ``name`` (and a pod that says why, for a failure)."""
+    job = kube.objects[("Job", name)]
+    job["status"] = {"conditions": [{"type": condition, "status": "True", "reason": "BackoffLimitExceeded"}]}
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    terminated = {"exitCode": 2, "message": message}
+    status = {"phase": "Failed", "containerStatuses": [{"name": "worker", "state": {"terminated": terminated}}]}
+    kube.objects[("Pod", name + "-x")] = {
+        "kind": "Pod",
+        "metadata": {"name": name + "-x", "labels": labels},
+        "status": status,
+    }
+
+
+def test_a_calibration_job_runs_once_per_inputs_and_its_failure_says_why() -> None:
+    import asyncio
+
+    from helios_operator.k8s import calibration
+
+    texts = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "calibration-text"},
+        "data": {"texts.txt": "a"},
+    }
+    kube = MemoryKube(texts)
+    spec = make_spec({"name": "b", "model": "org/b", "calibrate": {"texts": TEXTS}})
+    status: dict[str, Any] = {}
+    ctx = calibration_context(kube, spec, status)
+    [candidate] = spec.candidates
+    wanted = asyncio.run(calibration.inputs_hash(ctx, candidate))
+
+    def step(round_: int = 1) -> calibration.Outcome:
+        return asyncio.run(calibration.ensure(ctx, candidate, wanted, round_))
+
+    assert step() == calibration.Outcome()  # claim and Job created, running
+    assert kube.calls == [("create", "PersistentVolumeClaim", "demo-exits"), ("create", "Job", "demo-calibrate-b")]
+    job = kube.objects[("Job", "demo-calibrate-b")]
+    assert job["metadata"]["annotations"] == {"helios.dev/calibration-hash": wanted, "helios.dev/round": "1"}
+    assert step() == calibration.Outcome() and len(kube.calls) == 2  # still running: nothing new
+    finish(kube, "demo-calibrate-b", "Complete")
+    assert step().is_done and status["calibrations"] == [{"name": "b", "specHash": wanted, "exits": "/mnt/exits/b"}]
+    # Done for these inputs: not run again, even once the Job object is gone.
+    del kube.objects[("Job", "demo-calibrate-b")]
+    assert step(2).is_done and len(kube.calls) == 2
+    # New text in the ConfigMap: new inputs, a new Job.
+    texts["data"]["texts.txt"] = "b"
+    wanted = asyncio.run(calibration.inputs_hash(ctx, candidate))
+    assert step(2) == calibration.Outcome() and kube.calls[-1] == ("create", "Job", "demo-calibrate-b")
+    finish(kube, "demo-calibrate-b", "Failed", "helios-worker: --texts ...: no .txt files there")
+    failed = step(2)
+    assert failed.failure is not None and not failed.is_done
+    assert failed.failure.startswith("calibration Job demo-calibrate-b failed (BackoffLimitExceeded)")
+    assert "exit status 2: helios-worker: --texts ...: no .txt files there" in failed.failure
+    assert step(2) == failed  # failed for good in its round
+    assert step(3) == calibration.Outcome()  # a later round replaces it
+    assert kube.calls[-1] == ("delete", "Job", "demo-calibrate-b (Background)")
+
+
+# --- the pod runner's Job controller and claims (e2e/pod_runner.py, pure parts) ----------------------
+
+
+def test_the_pod_runner_shares_claim_directories_and_maps_paths_in_json_and_commands(tmp_path: Any) -> None:
+    from e2e.pod_runner import container_env, map_path, mount_dirs
+
+    spec = make_spec({"name": "b", "model": "org/b", "calibrate": {"texts": TEXTS}})
+    job = manifests.build_calibration_job(OWNER, spec, spec.candidates[0], "img")
+    evaluation = manifests.build_evaluation_pod(OWNER, spec, spec.candidates[0], 1, ["p"], "img")
+    job_dirs = mount_dirs(job["spec"]["template"], tmp_path / "job-pod")
+    evaluation_dirs = mount_dirs(evaluation, tmp_path / "eval-pod")
+    assert job_dirs["/mnt/exits"] == evaluation_dirs["/mnt/exits"] == tmp_path / "_claims" / "demo-exits"
+    assert job_dirs["/models"] == tmp_path / "job-pod" / "models"  # an emptyDir: the pod's own
+    command = [map_path(arg, job_dirs) for arg in container(job)["command"]]
+    assert command[command.index("--out") + 1] == str(tmp_path / "_claims/demo-exits/b")
+    secrets = {"Secret/demo-control": {"token": "-"}}
+    [listed] = json.loads(container_env(evaluation, tmp_path / "eval-pod", secrets.get)["HELIOS_EVAL_CANDIDATES"])
+    assert listed["exits"] == str(tmp_path / "_claims/demo-exits/b") and listed["model"] == "org/b"
+
+
+def test_the_pod_runner_job_controller_ends_jobs_as_their_pod_ends() -> None:
+    from e2e.pod_runner import job_status
+
+    job: dict[str, Any] = {"metadata": {"name": "j"}, "spec": {"activeDeadlineSeconds": 60}}
+    started = job_status(job, [], now=1_000_000.0)
+    assert started == {"active": 0, "startTime": "1970-01-12T13:46:40Z"}
+    job["status"] = started
+    assert job_status(job, [{"status": {"phase": "Running"}}], now=1_000_030.0) is None
+    done = job_status(job, [{"status": {"phase": "Succeeded"}}], now=1_000_030.0)
+    assert done["succeeded"] == 1 and done["conditions"][0]["type"] == "Complete"
+    failed = job_status(job, [{"status": {"phase": "Failed"}}], now=1_000_030.0)
+    assert failed["failed"] == 1 and failed["conditions"][0]["reason"] == "BackoffLimitExceeded"
+    late = job_status(job, [{"status": {"phase": "Running"}}], now=1_000_061.0)
+    assert late["conditions"][0] | {"lastProbeTime": "", "lastTransitionTime": ""} == {
+        "type": "Failed",
+        "status": "True",
+        "reason": "DeadlineExceeded",
+        "message": "Job was active longer than specified deadline",
+        "lastProbeTime": "",
+        "lastTransitionTime": "",
+    }
+    job["status"] = {**started, **done}
+    assert job_status(job, [{"status": {"phase": "Succeeded"}}], now=1_000_090.0) is None  # finished: left alone

@@ -36,6 +36,14 @@ class CandidateFailure(SpecModel):
     spec_hash: str | None = Field(default=None, description="Hash of the pod spec that failed; a new spec retries.")
 
 
+class CalibrationRecord(SpecModel):
+    """A candidate's calibration Job that succeeded, and for which inputs."""
+
+    name: str = Field(description="Candidate name.")
+    spec_hash: str = Field(description="Hash of the model, revision, texts and settings it was calibrated with.")
+    exits: str = Field(description="Where its sidecar is, in the pods that mount the calibration claim.")
+
+
 class WindowTotals(SpecModel):
     """A sliding window's totals (the breach or shadow window, collapsed to one entry)."""
 
@@ -89,6 +97,11 @@ class OperatorStatus(HeliosDeploymentStatus):
     )
     failed_candidates: list[CandidateFailure] = Field(
         default_factory=list, max_length=MAX_CANDIDATES, description="Candidates that failed that evaluation."
+    )
+    calibrations: list[CalibrationRecord] = Field(
+        default_factory=list,
+        max_length=MAX_CANDIDATES,
+        description="Calibration Jobs that succeeded: a candidate whose inputs are unchanged is not calibrated again.",
     )
 
 

@@ -12,6 +12,9 @@ labels, so a restarted operator finds the pods of the round in progress instead 
 ones, and a new round never collides with a terminating old pod. Each pod carries the hash of
 its spec: a pod whose spec HELIOS would now write differently (a new image, new resources) is
 replaced, and a candidate that failed is tried again once its pod spec changes.
+
+A candidate with ``calibrate`` gets its evaluation pod only once its calibration Job has
+succeeded (``k8s.calibration``); a failed Job fails the candidate like a failed pod.
 """
 
 from __future__ import annotations
@@ -23,12 +26,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from helios_contracts.candidate import Candidate
 from helios_contracts.reports import EvaluationReport
-from helios_operator.k8s import manifests, pod_health, workers
+from helios_operator.k8s import calibration, manifests, pod_health, workers
 from helios_operator.k8s.context import Context
 from helios_operator.k8s.manifests import LABEL_CANDIDATE
-from helios_operator.spec import HeliosDeploymentSpec
+from helios_operator.spec import Candidate, HeliosDeploymentSpec
 
 SPEC_HASH_ANNOTATION = "helios.dev/spec-hash"
 EVAL_PROMPTS_ENV = "HELIOS_EVAL_PROMPTS"  # manifests.build_evaluation_pod sets it
@@ -66,9 +68,16 @@ def spec_hash(pod: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _desired_pod(ctx: Context, candidate: Candidate, round_: int, prompts: list[str]) -> dict[str, Any]:
+def _desired_pod(
+    ctx: Context, candidate: Candidate, round_: int, prompts: list[str], calibration_hash: str | None = None
+) -> dict[str, Any]:
+    """The candidate's evaluation pod; with calibrated exits its hash covers their inputs, so a new
+    calibration replaces the pod and retries a candidate whose calibration failed."""
     pod = manifests.build_evaluation_pod(ctx.body, ctx.spec, candidate, round_, prompts, ctx.config.worker_image)
-    pod["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = spec_hash(pod)
+    digest = spec_hash(pod)
+    if calibration_hash is not None:
+        digest = hashlib.sha256(f"{digest}/{calibration_hash}".encode()).hexdigest()[:16]
+    pod["metadata"].setdefault("annotations", {})[SPEC_HASH_ANNOTATION] = digest
     return pod
 
 
@@ -124,7 +133,8 @@ async def poll_round(
     hashes: dict[str, str] = {}
     is_one_running = False
     for candidate in ctx.spec.candidates:
-        pod = _desired_pod(ctx, candidate, round_, prompts)
+        calibration_hash = None if candidate.calibrate is None else await calibration.inputs_hash(ctx, candidate)
+        pod = _desired_pod(ctx, candidate, round_, prompts, calibration_hash)
         name, wanted = candidate.name, pod["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
         hashes[name] = wanted
         if name in failed and failed[name].get("specHash") != wanted:
@@ -134,6 +144,12 @@ async def poll_round(
         if one_at_a_time and is_one_running:
             continue  # waits for the candidate before it
         is_one_running = True
+        if calibration_hash is not None:  # its evaluation waits for its calibrated exits
+            outcome = await calibration.ensure(ctx, candidate, calibration_hash, round_)
+            if outcome.failure is not None:
+                _fail(ctx, failed, name, outcome.failure, wanted)
+            if not outcome.is_done:
+                continue
         current = live.get(name)
         if current is not None and (current["metadata"].get("annotations") or {}).get(SPEC_HASH_ANNOTATION) != wanted:
             await asyncio.to_thread(ctx.kube.delete, "Pod", ctx.namespace, current["metadata"]["name"])
@@ -176,11 +192,17 @@ async def poll_round(
                 await asyncio.to_thread(ctx.kube.delete, "Pod", ctx.namespace, live[name]["metadata"]["name"])
     waiting = [c.name for c in ctx.spec.candidates if c.name not in reports and c.name not in failed]
     timeout = ctx.spec.evaluation.timeout
-    if waiting and _waited_seconds(ctx, live, waiting[0] if one_at_a_time else None) > timeout:
-        late, waiting = (waiting[:1], waiting[1:]) if one_at_a_time else (waiting, [])
-        for name in late:
-            reason = f"no report within {timeout:g}s ({pod_health.pending_reason(live.get(name))})"
-            _fail(ctx, failed, name, reason, hashes[name])
+    # A calibrated candidate's deadline runs from its evaluation pod (its Job has a deadline of its own).
+    calibrated = {c.name for c in ctx.spec.candidates if c.calibrate is not None}
+    late = [
+        name
+        for name in (waiting[:1] if one_at_a_time else waiting)
+        if _waited_seconds(ctx, live, name if one_at_a_time or name in calibrated else None) > timeout
+    ]
+    for name in late:
+        waiting.remove(name)
+        reason = f"no report within {timeout:g}s ({pod_health.pending_reason(live.get(name))})"
+        _fail(ctx, failed, name, reason, hashes[name])
     ctx.status["failedCandidates"] = [failed[c.name] for c in ctx.spec.candidates if c.name in failed]
     failures = "; ".join(f"{name}: {f['reason']}" for name, f in failed.items())
     if not waiting:

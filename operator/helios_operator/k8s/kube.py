@@ -28,12 +28,14 @@ PATHS: dict[str, tuple[str, str]] = {
     "Secret": ("/api/v1", "secrets"),
     "Deployment": ("/apis/apps/v1", "deployments"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+    "Job": ("/apis/batch/v1", "jobs"),
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "HeliosStatus": (f"/apis/{API_GROUP}/v1alpha1", "heliosstatuses"),
     "HeliosDeployment": (f"/apis/{API_GROUP}/v1alpha1", "heliosdeployments"),
 }
-# Pods are immutable once created: an existing one is kept, never patched.
-IMMUTABLE = frozenset({"Pod"})
+# Pods, a Job's pod template and a claim's spec are immutable once created: an existing one is kept, never patched.
+IMMUTABLE = frozenset({"Pod", "Job", "PersistentVolumeClaim"})
 
 
 class KubeError(RuntimeError):
@@ -110,9 +112,12 @@ class Kube:
         path = self._path(kind, meta["namespace"], meta["name"])
         return self.request("PATCH", path, body=manifest, content_type=MERGE_PATCH)
 
-    def delete(self, kind: str, namespace: str, name: str) -> None:
+    def delete(self, kind: str, namespace: str, name: str, propagation: str | None = None) -> None:
+        """Delete; ``propagation`` "Background" also deletes dependents (a Job's pods: batch/v1 orphans them
+        by default)."""
+        query = {"propagationPolicy": propagation} if propagation else None
         try:
-            self.request("DELETE", self._path(kind, namespace, name))
+            self.request("DELETE", self._path(kind, namespace, name), query=query)
         except KubeError as error:
             if error.status != 404:
                 raise

@@ -49,6 +49,8 @@ PERMISSIONS: tuple[Permission, ...] = (
         ("get", "create", "patch", "delete"),
         "workers' control port: operator only",
     ),
+    Permission("batch", "jobs", ("get", "create", "delete"), "calibration Jobs; rerun when their inputs change"),
+    Permission("", "persistentvolumeclaims", ("get", "create"), "the claim calibration Jobs write exits to"),
     Permission("", "events", ("create",), "a Kubernetes Event per decision (kopf.info/warn)"),
 )
 
