@@ -147,7 +147,9 @@ def test_serve_exports_metrics_that_match_the_api(tiny_model) -> None:
 
 
 # --- evaluation mode ------------------------------------------------------------------------------
-def evaluation_pod_env(model_dir: Path, port: int, mount: Path) -> tuple[HeliosDeploymentSpec, dict[str, str]]:
+def evaluation_pod_env(
+    model_dir: Path, port: int, control_port: int, mount: Path
+) -> tuple[HeliosDeploymentSpec, dict[str, str]]:
     """The container env of the operator's evaluation pod for a one-candidate spec, as a process env."""
     spec = HeliosDeploymentSpec.model_validate(
         {
@@ -162,17 +164,18 @@ def evaluation_pod_env(model_dir: Path, port: int, mount: Path) -> tuple[HeliosD
     assert container["command"] == ["helios-worker", "serve"]
     env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
     assert env["HELIOS_MODE"] == "evaluate"
-    # What the kubelet provides: the port is the test's, the model volume a temporary directory.
-    env["HELIOS_PORT"] = str(port)
+    # What the kubelet provides: the ports are the test's, the model volume a temporary directory.
+    assert (env["HELIOS_PORT"], env["HELIOS_CONTROL_PORT"]) == ("8000", "8001")
+    env["HELIOS_PORT"], env["HELIOS_CONTROL_PORT"] = str(port), str(control_port)
     env["HF_HOME"] = env["HF_HOME"].replace(manifests.MODEL_MOUNT, str(mount), 1)
     return spec, env
 
 
 @pytest.mark.timeout(120)
 def test_worker_with_the_operator_evaluation_pod_env_reports_to_the_operator(tiny_model, tmp_path) -> None:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    spec, pod_env = evaluation_pod_env(tiny_model("llama"), port, tmp_path)
+    port, control_port = free_port(), free_port()
+    base, control = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{control_port}"
+    spec, pod_env = evaluation_pod_env(tiny_model("llama"), port, control_port, tmp_path)
     command = [sys.executable, "-m", "helios_operator.cli", "serve"]  # the pod's command
     with worker_process(command, {**base_env(), **pod_env, "HELIOS_HOST": "127.0.0.1"}) as process:
         wait_ready(process, base)
@@ -182,8 +185,10 @@ def test_worker_with_the_operator_evaluation_pod_env_reports_to_the_operator(tin
         assert refused.json()["error"]["code"] == "evaluation_mode"
         assert refused.json()["error"]["type"] == "service_unavailable_error"
 
+        assert httpx.get(f"{base}/v1/helios/evaluation", timeout=5).status_code == 404  # on the control port only
+
         def finished() -> Any:
-            document = httpx.get(f"{base}/v1/helios/evaluation", timeout=5).json()
+            document = httpx.get(f"{control}/v1/helios/evaluation", timeout=5).json()
             assert document["status"] in {"running", "done"}, document
             return document["status"] == "done" and document
 
@@ -192,7 +197,7 @@ def test_worker_with_the_operator_evaluation_pod_env_reports_to_the_operator(tin
         assert (report.model, report.model_ref, report.num_prompts) == ("tiny", str(tiny_model("llama")), 3)
         assert report.exit_threshold == spec.exit.threshold and report.num_layers_total == 4
 
-        status = asyncio.run(fetch_evaluation(base))
+        status = asyncio.run(fetch_evaluation(control))
         assert status.status == "done" and status.reports == [report]
 
         metrics = samples(base)
