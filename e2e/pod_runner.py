@@ -105,27 +105,33 @@ def owned_by(body: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
     return any(ref.get("uid") == uid for ref in body["metadata"].get("ownerReferences") or [])
 
 
-def build_pod(deployment: Mapping[str, Any], pod_hash: str) -> Body:
-    """A pod of the Deployment's template, owned by the Deployment (the ReplicaSet is skipped)."""
-    meta = deployment["metadata"]
-    template = deployment["spec"]["template"]
+def controlled_pod(kind: str, controller: Mapping[str, Any], name: str, labels: Mapping[str, str]) -> Body:
+    """A pod of the controller's (a Deployment's or a Job's) template, owned by it as its controller.
+    ``kind`` is "apps/v1/Deployment" or "batch/v1/Job" (list items carry no kind of their own)."""
+    meta, template = controller["metadata"], controller["spec"]["template"]
+    api_version, _, kind_name = kind.rpartition("/")
     owner = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "apiVersion": api_version,
+        "kind": kind_name,
         "name": meta["name"],
         "uid": meta["uid"],
         "controller": True,
         "blockOwnerDeletion": True,
     }
-    labels = {**(template["metadata"].get("labels") or {}), HASH_LABEL: pod_hash}
     metadata = {
-        "name": f"{meta['name']}-{pod_hash[:8]}-{secrets.token_hex(3)}",
+        "name": name,
         "namespace": meta["namespace"],
-        "labels": labels,
-        "annotations": dict(template["metadata"].get("annotations") or {}),
+        "labels": {**(template.get("metadata", {}).get("labels") or {}), **labels},
+        "annotations": dict(template.get("metadata", {}).get("annotations") or {}),
         "ownerReferences": [owner],
     }
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}
+
+
+def build_pod(deployment: Mapping[str, Any], pod_hash: str) -> Body:
+    """A pod of the Deployment's template, owned by the Deployment (the ReplicaSet is skipped)."""
+    name = f"{deployment['metadata']['name']}-{pod_hash[:8]}-{secrets.token_hex(3)}"
+    return controlled_pod("apps/v1/Deployment", deployment, name, {HASH_LABEL: pod_hash})
 
 
 def rollout_step(deployment: Mapping[str, Any], pods: list[Body]) -> tuple[bool, str | None]:
@@ -156,28 +162,8 @@ TERMINATION_LOG_CHARS = 2048  # kubelet's FallbackToLogsOnError keeps at most 20
 def build_job_pod(job: Mapping[str, Any]) -> Body:
     """The pod of a Job's template, owned by the Job and labelled as the Job controller labels it."""
     meta = job["metadata"]
-    template = job["spec"]["template"]
-    owner = {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-    labels = {
-        **(template.get("metadata", {}).get("labels") or {}),
-        JOB_NAME_LABEL: meta["name"],
-        CONTROLLER_UID_LABEL: meta["uid"],
-    }
-    metadata = {
-        "name": f"{meta['name']}-{secrets.token_hex(3)}",
-        "namespace": meta["namespace"],
-        "labels": labels,
-        "annotations": dict(template.get("metadata", {}).get("annotations") or {}),
-        "ownerReferences": [owner],
-    }
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}
+    labels = {JOB_NAME_LABEL: meta["name"], CONTROLLER_UID_LABEL: meta["uid"]}
+    return controlled_pod("batch/v1/Job", job, f"{meta['name']}-{secrets.token_hex(3)}", labels)
 
 
 def _job_condition(type_: str, reason: str, message: str) -> Body:
