@@ -349,7 +349,11 @@ def start_job_container(
     write_config_map_volumes(pod, dirs, config_maps)
     base = {key: value for key, value in os.environ.items() if not key.startswith("HELIOS_")}
     env = {**base, **container_env(pod, pod_dir, config_maps, claims)}
-    command = [map_path(arg, dirs) if arg.startswith("/") else arg for arg in serve_command(pod)]
+    # The container's own arguments see its mounts; the interpreter standing in for the image's entry
+    # point is this machine's, and stays as it is (a virtualenv under /tmp is not the pod's /tmp).
+    container = pod["spec"]["containers"][0]
+    args = [map_path(arg, dirs) if arg.startswith("/") else arg for arg in container.get("command") or []]
+    command = serve_command({"spec": {"containers": [{**container, "command": args or None}]}})
     log_path = pod_dir / "container.log"
     with log_path.open("wb") as output:
         process = subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
