@@ -385,7 +385,7 @@ def test_pod_changes_and_spec_edits_are_acted_on_between_ticks(
         wait_for_eval_pods(k8s_api)
         time.sleep(2.0)  # the passes the pods' creation woke are over
         mark_pod_status(k8s_api, f"{NAME}-eval-1-alpha", EVICTED)  # a pod event
-        failed = wait_for(lambda: hd_status(k8s_api)["failedCandidates"], "the evicted candidate", timeout=5)
+        failed = wait_for(lambda: hd_status(k8s_api)["failedCandidates"], "the evicted candidate", timeout=12)
         assert [f["name"] for f in failed] == ["alpha"]
         old_uid = k8s_api.kubectl_json("get", "pod", f"{NAME}-eval-1-beta")["metadata"]["uid"]
         patch = {"spec": {"worker": {"image": "example.com/helios-worker:fixed"}}}
@@ -395,7 +395,7 @@ def test_pod_changes_and_spec_edits_are_acted_on_between_ticks(
             pod = k8s_api.kubectl_json("get", "pod", f"{NAME}-eval-1-beta")
             return pod["metadata"]["uid"] != old_uid and pod["spec"]["containers"][0]["image"].endswith(":fixed")
 
-        wait_for(replaced, "the evaluation pod to be replaced with the new image", timeout=8)
+        wait_for(replaced, "the evaluation pod to be replaced with the new image", timeout=15)
     assert runner.exception is None
 
 
