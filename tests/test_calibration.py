@@ -78,6 +78,32 @@ def test_sidecar_round_trip_and_a_mismatched_one_is_refused(calibrated, tiny_mod
         load_exits(loaded, str(directory.parent / "broken"))
 
 
+def test_a_manifest_with_tensors_of_another_calibration_is_refused(calibrated, tmp_path, monkeypatch):
+    """A recalibration rewriting a sidecar in place: a reader never pairs one write's manifest with
+    another's tensors (it reads again, then refuses), and no temporary file is left behind."""
+    import shutil
+
+    import helios_worker.exit_sidecar as sidecar
+
+    path, directory, exits = calibrated
+    loaded = load_model(str(path), layers=3)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(directory, mixed)
+    nudged = {name: tensor + 1.0 for name, tensor in exits.tensors.items()}
+    sidecar.CalibratedExits(exits.manifest, nudged).save(tmp_path / "other")
+    shutil.copy(tmp_path / "other" / sidecar.TENSORS_FILE, mixed / sidecar.TENSORS_FILE)
+    monkeypatch.setattr(sidecar, "READ_RETRY_SECONDS", 0.0)
+    with pytest.raises(SidecarError, match=r"not the one exits\.json was written with"):
+        load_exits(loaded, str(mixed))
+    assert sorted(p.name for p in directory.iterdir()) == [sidecar.MANIFEST_FILE, sidecar.TENSORS_FILE]
+    # The writer's own pair reads back, and a sidecar from before the digest (no tensors_sha256) still loads.
+    assert load_exits(loaded, str(tmp_path / "other")).manifest.tensors_sha256 is not None
+    manifest = json.loads((mixed / MANIFEST_FILE).read_text())
+    manifest.pop("tensors_sha256")
+    (mixed / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert load_exits(loaded, str(mixed)).manifest.tensors_sha256 is None
+
+
 def test_engine_applies_translators_and_gates_as_a_by_hand_reference(calibrated):
     path, directory, exits = calibrated
     loaded = load_model(str(path), layers=4)

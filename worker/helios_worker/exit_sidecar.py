@@ -16,12 +16,19 @@ threshold. Both thresholds are chosen at calibration: the confidence one for a p
 target, the gate one to keep 90% of the tokens that would exit. The K/V fill of skipped
 layers keeps the *raw* state h: a skipped layer's input is a residual-stream state like h,
 which the translator's last-layer estimate is not.
+
+Rewriting a sidecar in place (a recalibration on a shared volume) never shows a reader a
+partial file: each file is written under a temporary name and renamed over the old one, the
+tensors first, and the manifest names the SHA-256 of the tensors it goes with, so a reader that
+meets the old manifest with the new tensors (or the reverse) reads again, then refuses.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -32,6 +39,8 @@ SIDECAR_VERSION = "helios.exits/v1"
 TENSORS_FILE = "exits.safetensors"
 MANIFEST_FILE = "exits.json"
 _SAMPLE_BYTES = 1 << 20
+READ_ATTEMPTS = 3  # a manifest and tensors from two different writes: read again after a pause
+READ_RETRY_SECONDS = 1.0
 
 
 class SidecarError(ValueError):
@@ -68,6 +77,9 @@ class ExitManifest(BaseModel):
         description="Held-out tokens by first layer whose gate lets them exit (never: at N), an exit profile."
     )
     created_at: datetime | None = None
+    tensors_sha256: str | None = Field(
+        default=None, description="SHA-256 of the exits.safetensors written with this manifest (None: older sidecars)."
+    )
 
     @property
     def identity(self) -> str:
@@ -147,25 +159,21 @@ class CalibratedExits:
 
     # --- files ----------------------------------------------------------------------------
     def save(self, directory: Path) -> None:
-        from safetensors.torch import save_file
+        """Write the sidecar; each file replaces its old version in one rename (see the module docstring)."""
+        from safetensors.torch import save
 
         directory.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in self.tensors.items()}, directory / TENSORS_FILE)
-        (directory / MANIFEST_FILE).write_text(self.manifest.model_dump_json(indent=2) + "\n")
+        data = save({k: v.detach().float().cpu().contiguous() for k, v in self.tensors.items()})
+        self.manifest = self.manifest.model_copy(update={"tensors_sha256": hashlib.sha256(data).hexdigest()})
+        _replace(directory / TENSORS_FILE, data)
+        _replace(directory / MANIFEST_FILE, (self.manifest.model_dump_json(indent=2) + "\n").encode())
 
     @classmethod
     def load(
         cls, directory: Path, *, hidden_size: int, num_layers_total: int, fingerprint: str, device, dtype
     ) -> CalibratedExits:
         """Read a sidecar for a model; SidecarError when it is unreadable or fitted on another model."""
-        from pydantic import ValidationError
-        from safetensors.torch import load_file
-
-        try:
-            manifest = ExitManifest.model_validate_json((directory / MANIFEST_FILE).read_text())
-            tensors = load_file(str(directory / TENSORS_FILE))
-        except (OSError, ValidationError, json.JSONDecodeError) as error:
-            raise SidecarError(f"cannot read calibrated exits in {directory}: {error}") from None
+        manifest, tensors = _read(directory)
         if manifest.version != SIDECAR_VERSION:
             raise SidecarError(f"{directory}: sidecar version {manifest.version!r}, expected {SIDECAR_VERSION!r}")
         if manifest.hidden_size != hidden_size or manifest.num_layers_total != num_layers_total:
@@ -182,3 +190,38 @@ class CalibratedExits:
             k: v.to(device=device, dtype=dtype if "translator" in k else torch.float32) for k, v in tensors.items()
         }
         return cls(manifest, tensors)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """``path`` now holds ``data``, or (if this fails midway) still its old content: never a mix."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+
+
+def _read(directory: Path) -> tuple[ExitManifest, dict[str, torch.Tensor]]:
+    """The manifest and the tensors written with it; SidecarError when they cannot be read together."""
+    from pydantic import ValidationError
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            manifest = ExitManifest.model_validate_json((directory / MANIFEST_FILE).read_text())
+            data = (directory / TENSORS_FILE).read_bytes()
+        except (OSError, ValidationError, json.JSONDecodeError) as error:
+            raise SidecarError(f"cannot read calibrated exits in {directory}: {error}") from None
+        if manifest.tensors_sha256 in (None, hashlib.sha256(data).hexdigest()):
+            try:
+                return manifest, load(data)
+            except SafetensorError as error:
+                raise SidecarError(f"cannot read calibrated exits in {directory}: {error}") from None
+        if attempt + 1 < READ_ATTEMPTS:
+            time.sleep(READ_RETRY_SECONDS)  # being rewritten: the other file is about to follow
+    raise SidecarError(
+        f"{directory}: {TENSORS_FILE} is not the one {MANIFEST_FILE} was written with (a recalibration "
+        "still writing, or files copied from two calibrations); calibrate again"
+    )
