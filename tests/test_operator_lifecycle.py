@@ -637,6 +637,8 @@ def test_a_reassessment_runs_one_candidate_pod_at_a_time_with_evaluation_resourc
         wait_for_phase(k8s_api, "Serving")
         worker = start_serving_pod(k8s_api, fakes, f"{NAME}-w1")
         wait_for(lambda: hd_status(k8s_api)["readyReplicas"] == 1, "a ready replica")
+        # A pod's first scrape is its baseline: requests made before it are never counted.
+        wait_for(lambda: k8s_api.kubectl_json("get", "heliosstatus", NAME)["status"]["telemetry"], "a first scrape")
         worker.generate(tokens=20, breaches=0, requests=12)
         wait_for(lambda: names(k8s_api, "pods", "-l", "helios.dev/round=2") == [f"{NAME}-eval-2-alpha"], "alpha")
         time.sleep(1.0)  # a few passes: beta waits for alpha
