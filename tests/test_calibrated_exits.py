@@ -271,6 +271,33 @@ class MemoryKube:
         ]
 
 
+def test_a_calibration_job_takes_calibration_resources_then_the_evaluation_pods():
+    gpu = {"limits": {"nvidia.com/gpu": 1, "memory": "16Gi"}}
+    cpu = {"limits": {"cpu": "4", "memory": "8Gi"}}
+    calibrated = {"name": "b", "model": "org/b", "calibrate": {"texts": TEXTS}}
+
+    def job_of(**fields: Any) -> dict[str, Any]:
+        spec = make_spec(calibrated, worker={"resources": gpu}, **fields)
+        return manifests.build_calibration_job(OWNER, spec, spec.candidates[0], "worker:1")
+
+    def device(job: dict[str, Any]) -> str:
+        command = container(job)["command"]
+        return command[command.index("--device") + 1]
+
+    # Its own resources first: a CPU Job although the serving and evaluation pods want a GPU.
+    own = job_of(evaluation={"resources": gpu}, calibration={"resources": cpu})
+    assert container(own)["resources"] == cpu and device(own) == "cpu" and "tolerations" not in pod_spec(own)
+    # Else the evaluation pods': a CPU evaluation keeps the Job off the GPU the serving pods use.
+    evaluation = job_of(evaluation={"resources": cpu})
+    assert container(evaluation)["resources"] == cpu and device(evaluation) == "cpu"
+    assert "tolerations" not in pod_spec(evaluation)
+    # Else the worker's: a GPU Job, on CUDA, tolerating the GPU taint.
+    worker = job_of()
+    assert container(worker)["resources"] == {"limits": {"nvidia.com/gpu": "1", "memory": "16Gi"}}
+    assert device(worker) == "cuda"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod_spec(worker)["tolerations"]
+
+
 def calibration_context(kube: MemoryKube, spec: HeliosDeploymentSpec, status: dict[str, Any]) -> Any:
     from datetime import UTC, datetime
 

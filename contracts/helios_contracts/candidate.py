@@ -40,3 +40,11 @@ class Candidate(SpecModel):
         "as the worker container sees it, e.g. /models/exits/NAME), file:///path, or pvc://CLAIM/PATH (the "
         "claim is mounted read-only).",
     )
+
+    @property
+    def reference(self) -> str:
+        """The model reference the loader and the worker commands take: ``model@revision`` when a
+        revision is pinned (and the model names none of its own)."""
+        if self.revision and "@" not in self.model:
+            return f"{self.model}@{self.revision}"
+        return self.model

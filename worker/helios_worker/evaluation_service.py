@@ -71,13 +71,6 @@ def default_prompts() -> list[str]:
     return [line for line in default_prompts_file().read_text().splitlines() if line.strip()]
 
 
-def candidate_ref(candidate: Candidate) -> str:
-    """The model reference the loader takes: ``model@revision`` when a revision is pinned."""
-    if candidate.revision and "@" not in candidate.model:
-        return f"{candidate.model}@{candidate.revision}"
-    return candidate.model
-
-
 def _read(environ: Mapping[str, str], name: str, adapter: TypeAdapter[Any]) -> Any:
     """A JSON-valued variable, validated; ValueError naming the variable."""
     try:
@@ -133,7 +126,7 @@ class EvaluationService:
             listed = _read(environ, CANDIDATES_ENV, _CANDIDATES)
             if not listed:
                 raise ValueError(f"{CANDIDATES_ENV}: the list is empty; give at least one candidate")
-            candidates = [(c.name, candidate_ref(c)) for c in listed]
+            candidates = [(c.name, c.reference) for c in listed]
             exits = {c.name: from_uri(c.exits) for c in listed if c.exits}
         else:
             candidates = [(settings.model_name, settings.model_ref)]

@@ -36,7 +36,7 @@ from helios_operator.podtemplate import (
     WORKER_CONTAINER,
     claim_volume_name,
 )
-from helios_operator.spec import API_VERSION, Candidate, HeliosDeploymentSpec
+from helios_operator.spec import API_VERSION, Candidate, HeliosDeploymentSpec, ResourceRequirements
 
 Manifest = dict[str, Any]
 
@@ -114,10 +114,19 @@ def reports_configmap_name(deployment: str) -> str:
 # --- worker pod template ----------------------------------------------------------------------
 
 
-def wants_gpu(spec: HeliosDeploymentSpec, role: str = ROLE_SERVE) -> bool:
+def role_resources(spec: HeliosDeploymentSpec, role: str = ROLE_SERVE) -> ResourceRequirements:
+    """A worker pod's resources by its role: the worker's; for evaluation pods ``evaluation.resources``
+    if set; for calibration Jobs ``calibration.resources``, else the evaluation pods'."""
     resources = spec.worker.resources
-    if role == ROLE_EVALUATE and spec.evaluation.resources is not None:
+    if role in (ROLE_EVALUATE, ROLE_CALIBRATE) and spec.evaluation.resources is not None:
         resources = spec.evaluation.resources
+    if role == ROLE_CALIBRATE and spec.calibration.resources is not None:
+        resources = spec.calibration.resources
+    return resources
+
+
+def wants_gpu(spec: HeliosDeploymentSpec, role: str = ROLE_SERVE) -> bool:
+    resources = role_resources(spec, role)
     return any(GPU_RESOURCE in values for values in (resources.limits, resources.requests) if values)
 
 
@@ -169,10 +178,8 @@ def worker_env(
 
 
 def _resources(spec: HeliosDeploymentSpec, role: str = ROLE_SERVE) -> Manifest:
-    """The worker container's resources: the worker's, or for evaluation pods ``evaluation.resources`` if set."""
-    resources = (
-        spec.evaluation.resources if role == ROLE_EVALUATE and spec.evaluation.resources else spec.worker.resources
-    )
+    """The worker container's resources (``role_resources``) as a manifest."""
+    resources = role_resources(spec, role)
     return {
         key: dict(values) for key, values in (("requests", resources.requests), ("limits", resources.limits)) if values
     }
@@ -425,13 +432,6 @@ def calibration_selector(deployment: str, candidate: str) -> dict[str, str]:
     return {LABEL_DEPLOYMENT: deployment, LABEL_ROLE: ROLE_CALIBRATE, LABEL_CANDIDATE: candidate}
 
 
-def _calibration_resources(spec: HeliosDeploymentSpec) -> Manifest:
-    resources = spec.calibration.resources or spec.evaluation.resources or spec.worker.resources
-    return {
-        key: dict(values) for key, values in (("requests", resources.requests), ("limits", resources.limits)) if values
-    }
-
-
 def calibration_texts_path(candidate: Candidate) -> str:
     """Where the Job's ``--texts`` points: the ConfigMap key's file, or the path on the model volume."""
     texts = candidate.calibrate.texts  # type: ignore[union-attr]
@@ -456,14 +456,7 @@ def build_calibration_job(
     settings = candidate.calibrate
     if settings is None:
         raise ValueError(f"candidate {candidate.name} has no calibrate settings")
-    model = (
-        f"{candidate.model}@{candidate.revision}"
-        if candidate.revision and "@" not in candidate.model
-        else candidate.model
-    )
-    resources = _calibration_resources(spec)
-    is_gpu = any(GPU_RESOURCE in values for values in resources.values())
-    pod = worker_pod_spec(spec, image, worker_env(spec, candidate, {}), restart="Never", role=ROLE_EVALUATE)
+    pod = worker_pod_spec(spec, image, worker_env(spec, candidate, {}), restart="Never", role=ROLE_CALIBRATE)
     container = pod["containers"][0]
     for key in ("ports", "startupProbe", "readinessProbe", "livenessProbe"):
         container.pop(key, None)
@@ -471,7 +464,7 @@ def build_calibration_job(
         "helios-worker",
         "calibrate",
         "--model",
-        model,
+        candidate.reference,
         "--texts",
         calibration_texts_path(candidate),
         "--tokens",
@@ -481,19 +474,14 @@ def build_calibration_job(
         "--out",
         f"{EXITS_MOUNT}/{candidate.name}",
         "--device",
-        "cuda" if is_gpu else "cpu",
+        "cuda" if wants_gpu(spec, ROLE_CALIBRATE) else "cpu",
     ]
-    container["resources"] = resources
     container["terminationMessagePolicy"] = "FallbackToLogsOnError"
     container["volumeMounts"].append({"name": EXITS_VOLUME, "mountPath": EXITS_MOUNT})
     pod["volumes"].append({"name": EXITS_VOLUME, "persistentVolumeClaim": {"claimName": exits_claim_name(deployment)}})
     if (ref := settings.texts.config_map_ref) is not None:
         container["volumeMounts"].append({"name": TEXTS_VOLUME, "mountPath": TEXTS_MOUNT, "readOnly": True})
         pod["volumes"].append({"name": TEXTS_VOLUME, "configMap": {"name": ref.name, "optional": True}})
-    if is_gpu:
-        pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
-    else:
-        pod.pop("tolerations", None)
     labels = {**base_labels(deployment), **calibration_selector(deployment, candidate.name)}
     template = overlay_pod({"labels": labels}, pod, spec.worker.pod_template)
     return {

@@ -42,10 +42,9 @@ class CalibrationJob:
         settings = candidate.calibrate
         if settings is None or settings.texts.path is None:
             raise ValueError(f"candidate {candidate.name}: helios run calibrates from calibrate.texts.path only")
-        ref = f"{candidate.model}@{candidate.revision}" if candidate.revision else candidate.model
         return cls(
             candidate.name,
-            ref,
+            candidate.reference,
             Path(settings.texts.path),
             settings.tokens,
             settings.exit_layers,

@@ -53,5 +53,5 @@ def candidate_ref(spec: HeliosDeploymentSpec, name: str) -> str:
     """``ref`` or ``ref@revision`` of candidate ``name``, as the worker commands take it."""
     for candidate in spec.candidates:
         if candidate.name == name:
-            return f"{candidate.model}@{candidate.revision}" if candidate.revision else candidate.model
+            return candidate.reference
     raise KeyError(f"no candidate named {name!r}")
