@@ -35,10 +35,6 @@ class Wakeups:
         """The pass that just ran wants the next one at ``at`` (loop time), unless woken first."""
         self._due[(namespace, name)] = at
 
-    def forget(self, namespace: str, name: str) -> None:
-        self._due.pop((namespace, name), None)
-        self._woken.discard((namespace, name))
-
 
 _WAKEUPS = Wakeups()
 
