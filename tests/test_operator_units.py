@@ -399,3 +399,21 @@ def test_worker_env_takes_values_from_secrets_and_the_pods_are_locked_down() -> 
         )
     with pytest.raises(ValidationError, match="exactly one of secretKeyRef or configMapKeyRef"):
         make_spec(worker={"env": [{"name": "A", "valueFrom": {}}]})
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"HELIOS_OPERATOR_CONTROL_NETWORK_POLICY": "1"}, "needs HELIOS_OPERATOR_NAMESPACE"),
+        ({"HELIOS_OPERATOR_TICK": "banana"}, "HELIOS_OPERATOR_TICK must be a number of seconds, got 'banana'"),
+        ({"HELIOS_DEFAULT_WORKER_RESOURCES": "{bad"}, "HELIOS_DEFAULT_WORKER_RESOURCES must be JSON"),
+    ],
+)
+def test_a_bad_operator_setting_is_one_line_before_kopf_starts(monkeypatch, capsys, env, expected) -> None:
+    from helios_operator.cli import main
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert main(["operator", "--standalone"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("helios operator: error: ") and expected in err and err.count("\n") == 1

@@ -31,6 +31,13 @@ def run(args: argparse.Namespace) -> int:
         os.environ["HELIOS_OPERATOR_TICK"] = args.tick
     if args.worker_image:
         os.environ["HELIOS_WORKER_IMAGE"] = args.worker_image
+    from helios_contracts.errors import UserError
+    from helios_operator.k8s.config import OperatorConfig
+
+    try:  # before the handlers read it at import: a bad setting is one line, not a traceback
+        OperatorConfig.from_env()
+    except ValueError as error:
+        raise UserError(str(error)) from None
     import kopf
 
     import helios_operator.k8s.handlers  # noqa: F401  (registers the handlers)

@@ -19,7 +19,10 @@ def _float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
-    value = float(raw)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
     if value <= 0:
         raise ValueError(f"{name} must be > 0, got {raw!r}")
     return value
